@@ -1,0 +1,1 @@
+"""Deployment: the local runtime launcher (``deploy.local``) and cluster manifests."""

@@ -1,0 +1,27 @@
+"""Errors of the local launcher.
+
+DeployError
+ ├── RuntimeMissingError   the Triton runtime environment, binary or backend stub is absent
+ ├── TritonStartError      tritonserver died or did not become ready in time (carries its log tail)
+ └── StackNotRunningError  `down`/`status` found no stack started by `up`
+"""
+
+
+class DeployError(Exception):
+    """Root of every error raised by ``deploy``."""
+
+
+class RuntimeMissingError(DeployError):
+    """A piece of the Triton runtime environment is missing; the message says how to get it."""
+
+
+class TritonStartError(DeployError):
+    """Triton exited during start-up or missed its readiness deadline."""
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(f"{message}\n--- tritonserver log (tail) ---\n{log_tail}" if log_tail else message)
+        self.log_tail = log_tail
+
+
+class StackNotRunningError(DeployError):
+    """No running stack was found in the state directory."""

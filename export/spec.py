@@ -1,0 +1,82 @@
+"""What the export pipeline needs to know about a model: its tensors and how to sample inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# numpy dtype name -> Triton model-config type name (TYPE_*) and KServe v2 datatype.
+TRITON_TYPES: dict[str, tuple[str, str]] = {
+    "float32": ("TYPE_FP32", "FP32"),
+    "float16": ("TYPE_FP16", "FP16"),
+    "int64": ("TYPE_INT64", "INT64"),
+    "int32": ("TYPE_INT32", "INT32"),
+    "bool": ("TYPE_BOOL", "BOOL"),
+}
+
+SampleFn = Callable[[np.random.Generator, int, int], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output, without the batch dimension. ``-1`` marks a dynamic axis."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    axis_names: tuple[str, ...] = ()  # names of dynamic axes (shared names = same length)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in TRITON_TYPES:
+            raise ValueError(f"{self.name}: unsupported dtype {self.dtype!r}; use {list(TRITON_TYPES)}")
+
+    @property
+    def triton_type(self) -> str:
+        return TRITON_TYPES[self.dtype][0]
+
+    @property
+    def datatype(self) -> str:
+        return TRITON_TYPES[self.dtype][1]
+
+    def dynamic_axes(self) -> dict[int, str]:
+        """ONNX ``dynamic_axes`` entry: batch axis 0 plus each -1 axis (1-based after batch)."""
+        axes = {0: "batch"}
+        names = iter(self.axis_names)
+        for i, dim in enumerate(self.shape, start=1):
+            if dim == -1:
+                axes[i] = next(names, f"{self.name}_dim{i}")
+        return axes
+
+
+@dataclass
+class ModelSpec:
+    """A PyTorch module plus the signature it is served with.
+
+    ``sample_inputs(rng, batch, length)`` makes inputs for export and for parity checks; the
+    ``length`` fills dynamic axes other than batch.
+    """
+
+    name: str
+    module: torch.nn.Module
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    sample_inputs: SampleFn
+    max_length: int = 128
+    # dynamic non-batch axes padded per request by the python backend (ragged batching)
+    ragged: bool = False
+    parameters: dict[str, str] = field(default_factory=dict)
+    extra_files: dict[str, Path] = field(default_factory=dict)
+    description: str = ""
+
+    def torch_outputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the PyTorch reference on numpy inputs."""
+        tensors = [torch.from_numpy(inputs[t.name]) for t in self.inputs]
+        with torch.inference_mode():
+            out = self.module(*tensors)
+        if isinstance(out, torch.Tensor):
+            out = (out,)
+        return [o.detach().cpu().numpy() for o in out]

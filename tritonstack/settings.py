@@ -1,0 +1,38 @@
+"""Settings of the local stack, read from ``TRITONSTACK_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StackSettings(BaseSettings):
+    """Where the local stack keeps its state and how it starts Triton.
+
+    Relative paths are taken from the current directory (the project root for ``make``).
+    A port of 0 means "pick a free loopback port at start-up".
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TRITONSTACK_", extra="ignore")
+
+    home: Path = Field(Path(".tritonstack"), description="state directory: envs, logs, state")
+    model_repository: Path = Path("model_repository")
+    runtime_env: Path | None = Field(
+        None, description="Triton runtime virtual environment (default: HOME/runtime)"
+    )
+    host: str = "127.0.0.1"
+    http_port: int = Field(0, ge=0, le=65535)
+    grpc_port: int = Field(0, ge=0, le=65535)
+    metrics_port: int = Field(0, ge=0, le=65535)
+    startup_timeout_s: float = Field(180.0, gt=0)
+    shutdown_timeout_s: float = Field(30.0, gt=0)
+
+    @property
+    def runtime_dir(self) -> Path:
+        return (self.runtime_env or self.home / "runtime").absolute()
+
+    @property
+    def state_file(self) -> Path:
+        return self.home.absolute() / "state.json"

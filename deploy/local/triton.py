@@ -56,11 +56,37 @@ def log_tail(path: Path, lines: int = 40) -> str:
     try:
         with path.open("rb") as fh:
             fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 64 * 1024))
+            fh.seek(max(0, fh.tell() - 1024 * 1024))
             text = fh.read().decode("utf-8", "replace")
     except FileNotFoundError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+# Start-up noise of a GPU-less machine, not the reason anything failed.
+_HARMLESS = ("CudaDriverHelper", "NVML", "DCGM", "GPU metrics", "pinned memory")
+
+
+def log_excerpt(path: Path, errors: int = 20, tail: int = 15) -> str:
+    """Triton's error lines (whatever their place in the log) followed by its last lines.
+
+    A failing model is reported early in the log, and the banner tables that follow would push
+    it out of a plain tail.
+    """
+    text = log_tail(path, lines=100_000)
+    lines = text.splitlines()
+    found = [
+        line
+        for line in lines
+        if (line.startswith("E1") or " ERROR" in line or "error:" in line.lower()
+            or "failed" in line.lower())
+        and not any(h in line for h in _HARMLESS)
+    ]
+    parts = []
+    if found:
+        parts += ["errors:", *found[-errors:]]
+    parts += ["last lines:", *lines[-tail:]]
+    return "\n".join(parts)
 
 
 def http_ready(host: str, port: int, timeout_s: float = 1.0) -> bool:
@@ -167,7 +193,7 @@ class TritonServer:
                 raise TritonStartError(
                     f"tritonserver exited with code {code} during start-up "
                     f"(log: {self.log_path})",
-                    log_tail(self.log_path),
+                    log_excerpt(self.log_path),
                 )
             if http_ready(self.host, self.ports.http):
                 return
@@ -175,7 +201,7 @@ class TritonServer:
         raise TritonStartError(
             f"tritonserver was not ready within {self.startup_timeout_s:.0f} s "
             f"(log: {self.log_path})",
-            log_tail(self.log_path),
+            log_excerpt(self.log_path),
         )
 
     @property

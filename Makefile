@@ -1,0 +1,26 @@
+# The two commands: `make demo` (set-up + the main job) and `make test` (set-up + the tests).
+SHELL := /bin/bash
+VENV ?= .venv
+export PYTHON ?= python3
+
+.PHONY: setup demo test lint down clean
+
+setup:  ## create/refresh the environments and Debian packages (idempotent)
+	@bash deploy/bootstrap.sh
+
+demo: setup  ## export MiniLM, start Triton, embed over gRPC + REST, perf_analyzer, summary
+	@$(VENV)/bin/tritonstack demo
+
+test: setup lint  ## lint + the whole test suite (unit + integration against real Triton)
+	@$(VENV)/bin/python -m pytest
+
+lint: setup
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/mypy tritonstack export deploy gateway benchmarks
+
+down:  ## stop what `make demo` / `tritonstack up` started
+	@$(VENV)/bin/tritonstack down
+
+clean: ## remove build outputs (keeps the environments)
+	rm -rf .tritonstack/build .tritonstack/bench model_repository/*/[0-9]*

@@ -1,0 +1,71 @@
+"""Shared fixtures: the Triton runtime, a freshly exported MiniLM repository, a real Triton."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.local import TritonRuntime, TritonServer
+from deploy.local.settings import StackSettings
+from export.pipeline import ExportResult, export_model
+from export.spec import ModelSpec
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def runtime() -> TritonRuntime:
+    """The Triton runtime environment made by `make setup` (a missing one fails, never skips)."""
+    return TritonRuntime((ROOT / StackSettings().runtime_dir).resolve())
+
+
+@pytest.fixture(scope="session")
+def minilm_spec() -> ModelSpec:
+    from export.models import minilm
+
+    return minilm.load()
+
+
+@pytest.fixture(scope="session")
+def minilm_export(tmp_path_factory: pytest.TempPathFactory, minilm_spec: ModelSpec
+                  ) -> ExportResult:
+    """MiniLM exported from nothing into a fresh repository, once per test session."""
+    base = tmp_path_factory.mktemp("export")
+    result = export_model(minilm_spec, base / "model_repository", build_dir=base / "build")
+    assert result.ok, result.failure
+    return result
+
+
+@pytest.fixture(scope="session")
+def model_repository(minilm_export: ExportResult) -> Path:
+    assert minilm_export.version_dir is not None
+    return minilm_export.version_dir.parent.parent
+
+
+@pytest.fixture(scope="session")
+def tokenizer_json(minilm_export: ExportResult) -> Path:
+    assert minilm_export.version_dir is not None
+    return minilm_export.version_dir / "tokenizer.json"
+
+
+@pytest.fixture(scope="session")
+def triton(runtime: TritonRuntime, model_repository: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """A real tritonserver on free loopback ports serving the exported MiniLM."""
+    server = TritonServer(runtime, model_repository, work_dir=tmp_path_factory.mktemp("triton"),
+                          startup_timeout_s=120)
+    with server:
+        yield server
+
+
+def copy_model(source_repository: Path, target_repository: Path, name: str = "minilm") -> Path:
+    """Copy one model (config + versions) into another repository; returns its directory."""
+    target = target_repository / name
+    shutil.copytree(source_repository / name, target)
+    return target

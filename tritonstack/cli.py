@@ -1,0 +1,193 @@
+"""``tritonstack``: one CLI over export/, deploy/ and benchmarks/. Thin: no logic lives here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from deploy.local.errors import DeployError
+from deploy.local.settings import StackSettings
+
+app = typer.Typer(
+    help="Export a PyTorch model, serve it with Triton, query and benchmark it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@app.command()
+def export(
+    repository: Annotated[Path, typer.Option(help="model repository to write into")] = Path(
+        "model_repository"
+    ),
+    version: Annotated[int, typer.Option(min=1, help="version directory to write")] = 1,
+    target: Annotated[str, typer.Option(help="cpu: python backend + ONNX Runtime (local); "
+                                        "gpu: native onnxruntime_onnx, KIND_GPU (Triton image)")]
+    = "cpu",
+    budget: Annotated[float, typer.Option(help="fp32 budget: max relative L2 error")] = 1e-4,
+    seed: Annotated[int | None, typer.Option(help="seed of the parity inputs (default: fresh)")]
+    = None,
+    max_batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    instances: Annotated[int, typer.Option(min=1, help="instances (per GPU for gpu)")] = 1,
+) -> None:
+    """Export all-MiniLM-L6-v2 to ONNX, verify parity, write it into the model repository."""
+    from export.model_config import ServingOptions, Target
+    from export.models import minilm
+    from export.pipeline import export_model
+
+    try:
+        serving_target = Target(target)
+    except ValueError:
+        raise _fail(f"--target must be 'cpu' or 'gpu', got {target!r}") from None
+    settings = StackSettings()
+    options = ServingOptions(target=serving_target, max_batch_size=max_batch_size,
+                             instance_count=instances)
+    with console.status("exporting all-MiniLM-L6-v2 (PyTorch -> ONNX -> parity check)"):
+        result = export_model(
+            minilm.load(), repository, build_dir=settings.home / "build" / minilm.NAME,
+            version=version, options=options, budget=budget, seed=seed,
+        )
+    table = Table(title=f"export {result.name} (target {serving_target.value})")
+    for column in ("step", "status", "seconds", "detail"):
+        table.add_column(column)
+    for step in result.steps:
+        detail = step.reason
+        if step.step == "verify" and step.metrics:
+            detail = detail or (f"max rel L2 {step.metrics['max_rel_l2']:.2e} <= "
+                                f"{step.metrics['budget']:.0e}, min cosine "
+                                f"{step.metrics['min_cosine']:.7f}")
+        if step.step == "torch2onnx" and step.ok:
+            detail = f"opset {step.metrics['opset']}, {step.metrics['file']['bytes'] / 1e6:.1f} MB"
+        table.add_row(step.step, step.status.value, f"{step.duration_s:.1f}", detail)
+    console.print(table)
+    if not result.ok:
+        failure = result.failure
+        raise _fail(
+            f"export failed at {failure.step if failure else '?'}: "
+            f"{failure.reason if failure else 'unknown'}; nothing was written to {repository} "
+            f"(report: {result.report_path})"
+        )
+    console.print(f"wrote {result.version_dir} (report: {result.report_path})")
+
+
+@app.command()
+def up(
+    http_port: Annotated[int | None, typer.Option(help="0 or unset: a free port")] = None,
+    grpc_port: Annotated[int | None, typer.Option()] = None,
+    metrics_port: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Start the local stack (Triton) in the background; it runs until `tritonstack down`."""
+    from deploy.local import stack
+
+    overrides = {k: v for k, v in (("http_port", http_port), ("grpc_port", grpc_port),
+                                   ("metrics_port", metrics_port)) if v is not None}
+    settings = StackSettings(**overrides)
+    try:
+        with console.status("starting tritonserver"):
+            state = stack.up(settings)
+    except DeployError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"triton up (pid {state.pid}): gRPC {state.grpc_url}, "
+                  f"HTTP http://{state.http_url}, metrics :{state.metrics_port}")
+
+
+@app.command()
+def down() -> None:
+    """Stop exactly what `tritonstack up` started."""
+    from deploy.local import stack
+
+    try:
+        state = stack.down(StackSettings())
+    except DeployError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"stopped triton (pid {state.pid})")
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False
+           ) -> None:
+    """What runs and where (Triton addresses; later the gateway URL and dev API key)."""
+    from deploy.local import stack
+
+    info = stack.status(StackSettings())
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+    else:
+        console.print_json(data=info)
+    if not info["running"]:
+        raise typer.Exit(3)
+
+
+@app.command()
+def infer(
+    texts: Annotated[list[str], typer.Argument(help="texts to embed")],
+    protocol: Annotated[str, typer.Option(help="grpc or http (KServe v2 JSON)")] = "grpc",
+    model: Annotated[str, typer.Option()] = "minilm",
+    url: Annotated[str | None, typer.Option(help="host:port (default: the running stack)")]
+    = None,
+    full: Annotated[bool, typer.Option(help="print whole vectors as JSON")] = False,
+) -> None:
+    """Embed texts with the served model and print the vectors."""
+    from deploy.local import stack
+    from tritonstack.infer import Endpoint, InferenceError, TextEmbedder
+
+    if protocol not in ("grpc", "http"):
+        raise _fail(f"--protocol must be 'grpc' or 'http', got {protocol!r}")
+    settings = StackSettings()
+    state = stack.read_state(settings)
+    if url is None:
+        if state is None or not state.alive():
+            raise _fail("no running stack: start it with `tritonstack up` or pass --url")
+        url = state.grpc_url if protocol == "grpc" else state.http_url
+    tokenizer = _tokenizer_path(settings.model_repository, model)
+    try:
+        embedder = TextEmbedder(Endpoint(url, protocol), tokenizer, model=model)  # type: ignore[arg-type]
+        try:
+            vectors = embedder.embed(texts)
+        finally:
+            embedder.close()
+    except InferenceError as exc:
+        raise _fail(str(exc)) from None
+    if full:
+        typer.echo(json.dumps({"model": model, "embeddings": vectors.tolist()}))
+        return
+    table = Table(title=f"{model} over {protocol} ({url})")
+    for column in ("text", "dim", "norm", "first values"):
+        table.add_column(column)
+    for text, vec in zip(texts, vectors, strict=True):
+        table.add_row(text[:40], str(vec.shape[0]), f"{float((vec**2).sum() ** 0.5):.4f}",
+                      " ".join(f"{v:+.4f}" for v in vec[:4]))
+    console.print(table)
+
+
+def _tokenizer_path(repository: Path, model: str) -> Path:
+    """The tokenizer the export step put beside the newest version of ``model``."""
+    versions = sorted(
+        (p for p in (repository / model).glob("[0-9]*") if p.name.isdigit()),
+        key=lambda p: int(p.name),
+    )
+    return (versions[-1] if versions else repository / model / "1") / "tokenizer.json"
+
+
+@app.command()
+def demo() -> None:
+    """The main job: export, start the stack, embed over gRPC and REST, perf_analyzer, summary."""
+    from tritonstack.demo import run_demo
+
+    raise typer.Exit(run_demo(console))
+
+
+if __name__ == "__main__":
+    app()

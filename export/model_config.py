@@ -62,8 +62,9 @@ def build_config(spec: ModelSpec, options: ServingOptions) -> mc.ModelConfig:
         name, dtype, dims, ragged = _tensor(t, ragged=cpu and spec.ragged)
         config.input.add(name=name, data_type=dtype, dims=dims, allow_ragged_batch=ragged)
     for t in spec.outputs:
-        config.output.add(name=t.name, data_type=mc.DataType.Value(t.triton_type),
-                          dims=list(t.shape))
+        config.output.add(
+            name=t.name, data_type=mc.DataType.Value(t.triton_type), dims=list(t.shape)
+        )
 
     batching = config.dynamic_batching
     batching.preferred_batch_size.extend(
@@ -87,8 +88,9 @@ def build_config(spec: ModelSpec, options: ServingOptions) -> mc.ModelConfig:
     for t in spec.inputs:
         dims = [options.warmup_length if d == -1 else d for d in t.shape]
         warmup.inputs[t.name].CopyFrom(
-            mc.ModelWarmup.Input(data_type=mc.DataType.Value(t.triton_type), dims=dims,
-                                 zero_data=True)
+            mc.ModelWarmup.Input(
+                data_type=mc.DataType.Value(t.triton_type), dims=dims, zero_data=True
+            )
         )
     if options.response_cache:
         config.response_cache.enable = True

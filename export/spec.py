@@ -32,7 +32,9 @@ class TensorSpec:
 
     def __post_init__(self) -> None:
         if self.dtype not in TRITON_TYPES:
-            raise ValueError(f"{self.name}: unsupported dtype {self.dtype!r}; use {list(TRITON_TYPES)}")
+            raise ValueError(
+                f"{self.name}: unsupported dtype {self.dtype!r}; use {list(TRITON_TYPES)}"
+            )
 
     @property
     def triton_type(self) -> str:

@@ -91,8 +91,11 @@ def torch_to_onnx(spec: ModelSpec, out_path: Path, *, opset: int = DEFAULT_OPSET
             "exporter": "torch.onnx (TorchScript, dynamo=False)",
             "signature": onnx_signature(model),
             "dynamic_axes": dynamic_axes,
-            "file": {"name": out_path.name, "bytes": out_path.stat().st_size,
-                     "sha256": sha256(out_path)},
+            "file": {
+                "name": out_path.name,
+                "bytes": out_path.stat().st_size,
+                "sha256": sha256(out_path),
+            },
         },
         duration_s=time.perf_counter() - start,
     )

@@ -29,8 +29,12 @@ class ParityCase:
 def default_cases(max_length: int) -> list[ParityCase]:
     """Batch and length mixes that exercise the dynamic axes, up to the model's max length."""
     lengths = [5, 17, 64, min(max_length, 256)]
-    return [ParityCase(1, lengths[0]), ParityCase(3, lengths[1]), ParityCase(8, lengths[2]),
-            ParityCase(2, lengths[3])]
+    return [
+        ParityCase(1, lengths[0]),
+        ParityCase(3, lengths[1]),
+        ParityCase(8, lengths[2]),
+        ParityCase(2, lengths[3]),
+    ]
 
 
 def _per_sample_errors(got: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +75,8 @@ def verify_parity(
         for name, g, w in zip(output_names, got, want, strict=True):
             if g.shape != w.shape:
                 return StepResult(
-                    "verify", Status.FAILED,
+                    "verify",
+                    Status.FAILED,
                     reason=f"output {name!r}: ONNX shape {g.shape} != PyTorch shape {w.shape}",
                     duration_s=time.perf_counter() - start,
                 )
@@ -80,8 +85,15 @@ def verify_parity(
             worst_rel = max(worst_rel, float(rel.max(initial=0.0)))
             worst_abs = max(worst_abs, abs_err)
             min_cos = min(min_cos, float(cos.min(initial=1.0)))
-            per_case.append({"batch": case.batch, "length": case.length, "output": name,
-                             "max_rel_l2": float(rel.max(initial=0.0)), "max_abs": abs_err})
+            per_case.append(
+                {
+                    "batch": case.batch,
+                    "length": case.length,
+                    "output": name,
+                    "max_rel_l2": float(rel.max(initial=0.0)),
+                    "max_abs": abs_err,
+                }
+            )
 
     metrics = {
         "metric": "max relative L2 error per sample",
@@ -95,10 +107,20 @@ def verify_parity(
     }
     if worst_rel > budget or not np.isfinite(worst_rel):
         return StepResult(
-            "verify", Status.FAILED,
-            reason=(f"max relative L2 error {worst_rel:.3e} exceeds the budget {budget:.1e} "
-                    f"({worst_rel / budget:.1f}x; seed {seed})"),
-            artefact=onnx_path, metrics=metrics, duration_s=time.perf_counter() - start,
+            "verify",
+            Status.FAILED,
+            reason=(
+                f"max relative L2 error {worst_rel:.3e} exceeds the budget {budget:.1e} "
+                f"({worst_rel / budget:.1f}x; seed {seed})"
+            ),
+            artefact=onnx_path,
+            metrics=metrics,
+            duration_s=time.perf_counter() - start,
         )
-    return StepResult("verify", Status.OK, artefact=onnx_path, metrics=metrics,
-                      duration_s=time.perf_counter() - start)
+    return StepResult(
+        "verify",
+        Status.OK,
+        artefact=onnx_path,
+        metrics=metrics,
+        duration_s=time.perf_counter() - start,
+    )

@@ -33,8 +33,7 @@ def minilm_spec() -> ModelSpec:
 
 
 @pytest.fixture(scope="session")
-def minilm_export(tmp_path_factory: pytest.TempPathFactory, minilm_spec: ModelSpec
-                  ) -> ExportResult:
+def minilm_export(tmp_path_factory: pytest.TempPathFactory, minilm_spec: ModelSpec) -> ExportResult:
     """MiniLM exported from nothing into a fresh repository, once per test session."""
     base = tmp_path_factory.mktemp("export")
     result = export_model(minilm_spec, base / "model_repository", build_dir=base / "build")
@@ -55,11 +54,13 @@ def tokenizer_json(minilm_export: ExportResult) -> Path:
 
 
 @pytest.fixture(scope="session")
-def triton(runtime: TritonRuntime, model_repository: Path,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+def triton(
+    runtime: TritonRuntime, model_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TritonServer]:
     """A real tritonserver on free loopback ports serving the exported MiniLM."""
-    server = TritonServer(runtime, model_repository, work_dir=tmp_path_factory.mktemp("triton"),
-                          startup_timeout_s=120)
+    server = TritonServer(
+        runtime, model_repository, work_dir=tmp_path_factory.mktemp("triton"), startup_timeout_s=120
+    )
     with server:
         yield server
 

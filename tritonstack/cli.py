@@ -33,12 +33,17 @@ def export(
         "model_repository"
     ),
     version: Annotated[int, typer.Option(min=1, help="version directory to write")] = 1,
-    target: Annotated[str, typer.Option(help="cpu: python backend + ONNX Runtime (local); "
-                                        "gpu: native onnxruntime_onnx, KIND_GPU (Triton image)")]
-    = "cpu",
+    target: Annotated[
+        str,
+        typer.Option(
+            help="cpu: python backend + ONNX Runtime (local); "
+            "gpu: native onnxruntime_onnx, KIND_GPU (Triton image)"
+        ),
+    ] = "cpu",
     budget: Annotated[float, typer.Option(help="fp32 budget: max relative L2 error")] = 1e-4,
-    seed: Annotated[int | None, typer.Option(help="seed of the parity inputs (default: fresh)")]
-    = None,
+    seed: Annotated[
+        int | None, typer.Option(help="seed of the parity inputs (default: fresh)")
+    ] = None,
     max_batch_size: Annotated[int, typer.Option(min=1)] = 32,
     instances: Annotated[int, typer.Option(min=1, help="instances (per GPU for gpu)")] = 1,
 ) -> None:
@@ -52,12 +57,18 @@ def export(
     except ValueError:
         raise _fail(f"--target must be 'cpu' or 'gpu', got {target!r}") from None
     settings = StackSettings()
-    options = ServingOptions(target=serving_target, max_batch_size=max_batch_size,
-                             instance_count=instances)
+    options = ServingOptions(
+        target=serving_target, max_batch_size=max_batch_size, instance_count=instances
+    )
     with console.status("exporting all-MiniLM-L6-v2 (PyTorch -> ONNX -> parity check)"):
         result = export_model(
-            minilm.load(), repository, build_dir=settings.home / "build" / minilm.NAME,
-            version=version, options=options, budget=budget, seed=seed,
+            minilm.load(),
+            repository,
+            build_dir=settings.home / "build" / minilm.NAME,
+            version=version,
+            options=options,
+            budget=budget,
+            seed=seed,
         )
     table = Table(title=f"export {result.name} (target {serving_target.value})")
     for column in ("step", "status", "seconds", "detail"):
@@ -65,9 +76,11 @@ def export(
     for step in result.steps:
         detail = step.reason
         if step.step == "verify" and step.metrics:
-            detail = detail or (f"max rel L2 {step.metrics['max_rel_l2']:.2e} <= "
-                                f"{step.metrics['budget']:.0e}, min cosine "
-                                f"{step.metrics['min_cosine']:.7f}")
+            detail = detail or (
+                f"max rel L2 {step.metrics['max_rel_l2']:.2e} <= "
+                f"{step.metrics['budget']:.0e}, min cosine "
+                f"{step.metrics['min_cosine']:.7f}"
+            )
         if step.step == "torch2onnx" and step.ok:
             detail = f"opset {step.metrics['opset']}, {step.metrics['file']['bytes'] / 1e6:.1f} MB"
         table.add_row(step.step, step.status.value, f"{step.duration_s:.1f}", detail)
@@ -84,23 +97,26 @@ def export(
 
 @app.command()
 def up(
-    http_port: Annotated[int | None, typer.Option(help="0 or unset: a free port")] = None,
-    grpc_port: Annotated[int | None, typer.Option()] = None,
-    metrics_port: Annotated[int | None, typer.Option()] = None,
+    http_port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="0 or unset: a free port")
+    ] = None,
+    grpc_port: Annotated[int | None, typer.Option(min=0, max=65535)] = None,
+    metrics_port: Annotated[int | None, typer.Option(min=0, max=65535)] = None,
 ) -> None:
     """Start the local stack (Triton) in the background; it runs until `tritonstack down`."""
     from deploy.local import stack
 
-    overrides = {k: v for k, v in (("http_port", http_port), ("grpc_port", grpc_port),
-                                   ("metrics_port", metrics_port)) if v is not None}
-    settings = StackSettings(**overrides)
+    ports = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
+    settings = StackSettings().model_copy(update={k: v for k, v in ports.items() if v is not None})
     try:
         with console.status("starting tritonserver"):
             state = stack.up(settings)
     except DeployError as exc:
         raise _fail(str(exc)) from None
-    console.print(f"triton up (pid {state.pid}): gRPC {state.grpc_url}, "
-                  f"HTTP http://{state.http_url}, metrics :{state.metrics_port}")
+    console.print(
+        f"triton up (pid {state.pid}): gRPC {state.grpc_url}, "
+        f"HTTP http://{state.http_url}, metrics :{state.metrics_port}"
+    )
 
 
 @app.command()
@@ -116,8 +132,9 @@ def down() -> None:
 
 
 @app.command()
-def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False
-           ) -> None:
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+) -> None:
     """What runs and where (Triton addresses; later the gateway URL and dev API key)."""
     from deploy.local import stack
 
@@ -135,8 +152,7 @@ def infer(
     texts: Annotated[list[str], typer.Argument(help="texts to embed")],
     protocol: Annotated[str, typer.Option(help="grpc or http (KServe v2 JSON)")] = "grpc",
     model: Annotated[str, typer.Option()] = "minilm",
-    url: Annotated[str | None, typer.Option(help="host:port (default: the running stack)")]
-    = None,
+    url: Annotated[str | None, typer.Option(help="host:port (default: the running stack)")] = None,
     full: Annotated[bool, typer.Option(help="print whole vectors as JSON")] = False,
 ) -> None:
     """Embed texts with the served model and print the vectors."""
@@ -167,8 +183,12 @@ def infer(
     for column in ("text", "dim", "norm", "first values"):
         table.add_column(column)
     for text, vec in zip(texts, vectors, strict=True):
-        table.add_row(text[:40], str(vec.shape[0]), f"{float((vec**2).sum() ** 0.5):.4f}",
-                      " ".join(f"{v:+.4f}" for v in vec[:4]))
+        table.add_row(
+            text[:40],
+            str(vec.shape[0]),
+            f"{float((vec**2).sum() ** 0.5):.4f}",
+            " ".join(f"{v:+.4f}" for v in vec[:4]),
+        )
     console.print(table)
 
 

@@ -42,7 +42,8 @@ class TritonTensorClient:
             self._grpc = grpcclient.InferenceServerClient(endpoint.url)
         elif endpoint.protocol == "http":
             self._http = httpclient.InferenceServerClient(
-                endpoint.url, connection_timeout=endpoint.timeout_s,
+                endpoint.url,
+                connection_timeout=endpoint.timeout_s,
                 network_timeout=endpoint.timeout_s,
             )
         else:
@@ -58,12 +59,14 @@ class TritonTensorClient:
             if self._grpc is not None:
                 g_inputs = []
                 for name, array in inputs.items():
-                    item = grpcclient.InferInput(name, list(array.shape),
-                                                 np_to_triton_dtype(array.dtype))
+                    item = grpcclient.InferInput(
+                        name, list(array.shape), np_to_triton_dtype(array.dtype)
+                    )
                     item.set_data_from_numpy(array)
                     g_inputs.append(item)
                 g_result = self._grpc.infer(
-                    model, g_inputs,
+                    model,
+                    g_inputs,
                     outputs=[grpcclient.InferRequestedOutput(o) for o in outputs],
                     client_timeout=self.endpoint.timeout_s,
                 )
@@ -71,17 +74,21 @@ class TritonTensorClient:
             assert self._http is not None
             h_inputs = []
             for name, array in inputs.items():
-                h_item = httpclient.InferInput(name, list(array.shape),
-                                               np_to_triton_dtype(array.dtype))
+                h_item = httpclient.InferInput(
+                    name, list(array.shape), np_to_triton_dtype(array.dtype)
+                )
                 h_item.set_data_from_numpy(array, binary_data=False)  # KServe v2 JSON
                 h_inputs.append(h_item)
             h_result = self._http.infer(
-                model, h_inputs,
+                model,
+                h_inputs,
                 outputs=[httpclient.InferRequestedOutput(o, binary_data=False) for o in outputs],
             )
             return {o: h_result.as_numpy(o) for o in outputs}
         except InferenceServerException as exc:
-            raise InferenceError(f"Triton refused the request to {model!r}: {exc.message()}") from exc
+            raise InferenceError(
+                f"Triton refused the request to {model!r}: {exc.message()}"
+            ) from exc
 
     def close(self) -> None:
         if self._grpc is not None:

@@ -19,7 +19,9 @@ class TritonStartError(DeployError):
     """Triton exited during start-up or missed its readiness deadline."""
 
     def __init__(self, message: str, log_tail: str = "") -> None:
-        super().__init__(f"{message}\n--- tritonserver log (tail) ---\n{log_tail}" if log_tail else message)
+        super().__init__(
+            f"{message}\n--- tritonserver log (tail) ---\n{log_tail}" if log_tail else message
+        )
         self.log_tail = log_tail
 
 

@@ -6,13 +6,12 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from deploy.local.errors import StackNotRunningError
 from deploy.local.runtime import TritonRuntime
-from deploy.local.triton import TritonPorts, TritonServer, http_ready, stop_process_group
 from deploy.local.settings import StackSettings
+from deploy.local.triton import TritonPorts, TritonServer, http_ready, stop_process_group
 
 
 @dataclass
@@ -102,8 +101,12 @@ def status(settings: StackSettings) -> dict[str, Any]:
     """What runs and where, as ``tritonstack status --json`` prints it."""
     state = read_state(settings)
     if state is None:
-        return {"running": False, "state_file": str(settings.state_file), "triton": None,
-                "gateway": None}
+        return {
+            "running": False,
+            "state_file": str(settings.state_file),
+            "triton": None,
+            "gateway": None,
+        }
     alive = state.alive()
     return {
         "running": alive,

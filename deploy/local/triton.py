@@ -78,8 +78,12 @@ def log_excerpt(path: Path, errors: int = 20, tail: int = 15) -> str:
     found = [
         line
         for line in lines
-        if (line.startswith("E1") or " ERROR" in line or "error:" in line.lower()
-            or "failed" in line.lower())
+        if (
+            line.startswith("E1")
+            or " ERROR" in line
+            or "error:" in line.lower()
+            or "failed" in line.lower()
+        )
         and not any(h in line for h in _HARMLESS)
     ]
     parts = []
@@ -92,7 +96,9 @@ def log_excerpt(path: Path, errors: int = 20, tail: int = 15) -> str:
 def http_ready(host: str, port: int, timeout_s: float = 1.0) -> bool:
     """True when Triton's ``/v2/health/ready`` answers 200 (all models loaded, strict readiness)."""
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/v2/health/ready", timeout=timeout_s) as r:
+        with urllib.request.urlopen(
+            f"http://{host}:{port}/v2/health/ready", timeout=timeout_s
+        ) as r:
             return bool(r.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -191,8 +197,7 @@ class TritonServer:
             code = self.process.poll()
             if code is not None:
                 raise TritonStartError(
-                    f"tritonserver exited with code {code} during start-up "
-                    f"(log: {self.log_path})",
+                    f"tritonserver exited with code {code} during start-up (log: {self.log_path})",
                     log_excerpt(self.log_path),
                 )
             if http_ready(self.host, self.ports.http):

@@ -122,7 +122,7 @@ class TritonPythonModel:
             rows = next(iter(batch.values())).shape[0]
             tensors = [
                 pb_utils.Tensor(name, np.ascontiguousarray(out[offset : offset + rows], dtype=dt))
-                for (name, dt), out in zip(self.outputs, results)
+                for (name, dt), out in zip(self.outputs, results, strict=True)
             ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             offset += rows
@@ -139,10 +139,10 @@ class TritonPythonModel:
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
         if good:
             try:
-                for i, response in zip(good_index, self._run(good)):
+                for i, response in zip(good_index, self._run(good), strict=True):
                     responses[i] = response
             except Exception:  # one bad request must not fail the batch: retry one by one
-                for i, batch in zip(good_index, good):
+                for i, batch in zip(good_index, good, strict=True):
                     try:
                         responses[i] = self._run([batch])[0]
                     except Exception as exc:

@@ -18,7 +18,11 @@ pytestmark = pytest.mark.integration
 def cli(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "tritonstack.cli", *args],
-        env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -50,8 +54,9 @@ def test_up_status_infer_down(stack_env: dict[str, str]) -> None:
     assert str(triton["pid"]) in started.stdout + again.stdout
 
     for protocol in ("grpc", "http"):
-        out = cli(stack_env, "infer", "hello world", "a second text", "--protocol", protocol,
-                  "--full")
+        out = cli(
+            stack_env, "infer", "hello world", "a second text", "--protocol", protocol, "--full"
+        )
         assert out.returncode == 0, out.stderr
         vectors = json.loads(out.stdout)["embeddings"]
         assert len(vectors) == 2 and len(vectors[0]) == 384

@@ -13,8 +13,9 @@ from tests.conftest import copy_model
 pytestmark = pytest.mark.integration
 
 
-def test_malformed_config_fails_start_with_log_tail(runtime, model_repository: Path,
-                                                    tmp_path: Path) -> None:
+def test_malformed_config_fails_start_with_log_tail(
+    runtime, model_repository: Path, tmp_path: Path
+) -> None:
     repo = tmp_path / "repo"
     model_dir = copy_model(model_repository, repo)
     config = model_dir / "config.pbtxt"
@@ -31,8 +32,9 @@ def test_malformed_config_fails_start_with_log_tail(runtime, model_repository: P
     assert not server.is_running()
 
 
-def test_model_that_fails_to_initialize_reports_its_error(runtime, model_repository: Path,
-                                                          tmp_path: Path) -> None:
+def test_model_that_fails_to_initialize_reports_its_error(
+    runtime, model_repository: Path, tmp_path: Path
+) -> None:
     repo = tmp_path / "repo"
     model_dir = copy_model(model_repository, repo)
     (model_dir / "1" / "model.onnx").write_bytes(b"not an onnx file")
@@ -51,8 +53,9 @@ def test_missing_repository_is_reported(runtime, tmp_path: Path) -> None:
 
 
 def test_readiness_deadline_is_enforced(runtime, model_repository: Path, tmp_path: Path) -> None:
-    server = TritonServer(runtime, model_repository, work_dir=tmp_path / "w",
-                          startup_timeout_s=0.01)
+    server = TritonServer(
+        runtime, model_repository, work_dir=tmp_path / "w", startup_timeout_s=0.01
+    )
     with pytest.raises(TritonStartError, match="not ready within"):
         server.start()
     assert not server.is_running()

@@ -29,8 +29,7 @@ def spec():
 
 
 def test_cpu_config_is_python_backend_with_batching_queue_and_warmup(spec) -> None:
-    config = build_config(spec, ServingOptions(max_batch_size=16,
-                                               preferred_batch_sizes=[4, 8, 64]))
+    config = build_config(spec, ServingOptions(max_batch_size=16, preferred_batch_sizes=[4, 8, 64]))
     assert config.backend == "python" and not config.platform
     assert config.max_batch_size == 16
     assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]  # 64 > max dropped
@@ -98,8 +97,10 @@ def test_unknown_field_is_rejected(tmp_path: Path) -> None:
         (lambda c: c.input[0].dims.__setitem__(0, 0), "dims must be > 0 or -1"),
         (lambda c: c.instance_group[0].__setattr__("count", 0), "count must be >= 1"),
         (lambda c: c.ClearField("backend"), "set 'backend'"),
-        (lambda c: c.input.add(name="input_ids", data_type=mc.TYPE_INT64, dims=[1]),
-         "declared twice"),
+        (
+            lambda c: c.input.add(name="input_ids", data_type=mc.TYPE_INT64, dims=[1]),
+            "declared twice",
+        ),
     ],
 )
 def test_inconsistent_configs_name_what_to_fix(spec, mutate, expected: str) -> None:

@@ -22,8 +22,9 @@ class TinyRegressor(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(),
-                                       torch.nn.Linear(16, 4))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -109,11 +110,13 @@ def test_budget_is_a_parameter(tmp_path: Path) -> None:
 
 def test_successful_export_installs_version_with_report(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    result = export_model(tiny_spec(TinyRegressor()), repo, build_dir=tmp_path / "build",
-                          version=3)
+    result = export_model(tiny_spec(TinyRegressor()), repo, build_dir=tmp_path / "build", version=3)
     assert result.ok and result.version_dir == repo / "tiny" / "3"
-    assert {p.name for p in result.version_dir.iterdir()} == {"model.onnx", "model.py",
-                                                               "report.json"}
+    assert {p.name for p in result.version_dir.iterdir()} == {
+        "model.onnx",
+        "model.py",
+        "report.json",
+    }
     assert (repo / "tiny" / "config.pbtxt").is_file()
     report = json.loads((result.version_dir / "report.json").read_text())
     assert report["status"] == "OK" and report["version"] == 3

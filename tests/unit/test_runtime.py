@@ -29,7 +29,7 @@ def test_missing_backend_stub_is_named(tmp_path: Path) -> None:
     backend.mkdir(parents=True)
     (backend / "libtriton_python.so").touch()
     (backend / "triton_python_backend_utils.py").touch()
-    with pytest.raises(RuntimeMissingError, match="stub for Python 3.11"):
+    with pytest.raises(RuntimeMissingError, match=r"stub for Python 3\.11"):
         TritonRuntime(tmp_path).backend_directory(tmp_path / "b")
 
 

@@ -202,6 +202,34 @@ def _tokenizer_path(repository: Path, model: str) -> Path:
 
 
 @app.command()
+def bench(
+    concurrency: Annotated[
+        str, typer.Option(help="evenly spaced points, e.g. 1,4 or 1,2,3")
+    ] = "1,4",
+    protocol: Annotated[str, typer.Option(help="grpc, http or both")] = "both",
+) -> None:
+    """A short perf_analyzer sweep of minilm against the running stack."""
+    from deploy.local import stack
+    from tritonstack.demo import perf_sweep
+
+    settings = StackSettings()
+    state = stack.read_state(settings)
+    if state is None or not state.alive():
+        raise _fail("no running stack: start it with `tritonstack up`")
+    try:
+        points = [int(c) for c in concurrency.split(",")]
+    except ValueError:
+        raise _fail(
+            f"--concurrency must be integers separated by commas, got {concurrency!r}"
+        ) from None
+    protocols = ("grpc", "http") if protocol == "both" else (protocol,)
+    if not set(protocols) <= {"grpc", "http"}:
+        raise _fail(f"--protocol must be grpc, http or both, got {protocol!r}")
+    if not perf_sweep(console, settings, state, points, protocols):
+        raise typer.Exit(1)
+
+
+@app.command()
 def demo() -> None:
     """The main job: export, start the stack, embed over gRPC and REST, perf_analyzer, summary."""
     from tritonstack.demo import run_demo

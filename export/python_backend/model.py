@@ -46,6 +46,12 @@ class TritonPythonModel:
         if threads > 0:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Spinning worker threads burn the cores that Triton's frontend, the stubs and
+        # co-located clients need: measured with perf_analyzer on 2 cores it multiplied
+        # latency (see docs/architecture.md). Opt back in with allow_spinning=1.
+        spinning = params.get("allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
         options.log_severity_level = 3
         providers = ["CPUExecutionProvider"]
         if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in (

@@ -1,0 +1,1 @@
+"""Benchmarks: perf_analyzer sweeps and load generators against whatever is running."""

@@ -1,0 +1,255 @@
+"""Drive the real ``perf_analyzer`` (tritonclient 2.51 wheel) and read its CSV.
+
+Text models need real token ids (random INT64 data would index outside the vocabulary), so
+:func:`write_input_data` tokenises sample texts into perf_analyzer's ``--input-data`` JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import shlex
+import subprocess
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from rich.table import Table
+from tokenizers import Tokenizer
+
+from deploy.local.runtime import TritonRuntime
+
+Protocol = Literal["grpc", "http"]
+
+
+class PerfAnalyzerError(Exception):
+    """perf_analyzer failed or timed out; the message carries the end of its output."""
+
+
+@dataclass(frozen=True)
+class PerfPoint:
+    """One measured point of a sweep; latencies in milliseconds."""
+
+    protocol: str
+    concurrency: int
+    batch_size: int
+    throughput_infer_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    avg_ms: float
+    server_queue_ms: float
+    server_compute_input_ms: float
+    server_compute_infer_ms: float
+    server_compute_output_ms: float
+    client_send_ms: float
+    client_recv_ms: float
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        return asdict(self)
+
+
+def write_input_data(
+    texts: Sequence[str], tokenizer_json: Path, out: Path, length: int = 16
+) -> Path:
+    """perf_analyzer ``--input-data`` JSON: each text tokenised, padded/truncated to ``length``."""
+    tokenizer = Tokenizer.from_file(str(tokenizer_json))
+    tokenizer.enable_truncation(max_length=length)
+    tokenizer.enable_padding(length=length, pad_id=0, pad_token="[PAD]")
+    data = [
+        {
+            "input_ids": {"content": e.ids, "shape": [length]},
+            "attention_mask": {"content": e.attention_mask, "shape": [length]},
+            "token_type_ids": {"content": e.type_ids, "shape": [length]},
+        }
+        for e in tokenizer.encode_batch(list(texts))
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"data": data}))
+    return out
+
+
+def perf_analyzer_command(
+    binary: Path,
+    model: str,
+    url: str,
+    *,
+    protocol: Protocol,
+    input_data: Path,
+    concurrency: Sequence[int],
+    batch_size: int,
+    measurement_interval_ms: int,
+    max_trials: int,
+    csv_path: Path,
+) -> list[str]:
+    """The perf_analyzer command line of one sweep (concurrency as start:end:step)."""
+    if not concurrency or min(concurrency) < 1:
+        raise ValueError(f"concurrency must be positive integers, got {list(concurrency)}")
+    points = sorted(set(concurrency))
+    if len(points) == 1:
+        cr = str(points[0])
+    else:
+        steps = {b - a for a, b in itertools.pairwise(points)}
+        if len(steps) != 1:
+            raise ValueError(f"concurrency points must be evenly spaced, got {points}")
+        cr = f"{points[0]}:{points[-1]}:{steps.pop()}"
+    return [
+        str(binary),
+        "-m", model,
+        "-u", url,
+        "-i", protocol,
+        "-b", str(batch_size),
+        "--input-data", str(input_data),
+        "--concurrency-range", cr,
+        "--measurement-interval", str(measurement_interval_ms),
+        "--max-trials", str(max_trials),
+        # Shared 2-core machines never give perf_analyzer's default 10 % stability; keep every
+        # window it measured rather than fail the sweep, and report the spread via p99.
+        "--stability-percentage", "1000",
+        "-f", str(csv_path),
+        "--verbose-csv",
+    ]  # fmt: skip
+
+
+def _ms(row: dict[str, str], column: str) -> float:
+    return float(row.get(column) or 0) / 1000.0  # perf_analyzer's CSV is in microseconds
+
+
+def parse_csv(path: Path, batch_size: int, protocol: str = "grpc") -> list[PerfPoint]:
+    """Points of a perf_analyzer ``-f`` CSV, sorted by concurrency."""
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "Inferences/Second" not in rows[0]:
+        raise PerfAnalyzerError(f"{path} is not a perf_analyzer CSV (columns: {list(rows[:1])})")
+    points = [
+        PerfPoint(
+            protocol=protocol,
+            concurrency=int(row["Concurrency"]),
+            batch_size=batch_size,
+            throughput_infer_per_s=float(row["Inferences/Second"]),
+            p50_ms=_ms(row, "p50 latency"),
+            p90_ms=_ms(row, "p90 latency"),
+            p95_ms=_ms(row, "p95 latency"),
+            p99_ms=_ms(row, "p99 latency"),
+            avg_ms=_ms(row, "Avg latency"),
+            server_queue_ms=_ms(row, "Server Queue"),
+            server_compute_input_ms=_ms(row, "Server Compute Input"),
+            server_compute_infer_ms=_ms(row, "Server Compute Infer"),
+            server_compute_output_ms=_ms(row, "Server Compute Output"),
+            client_send_ms=_ms(row, "Client Send"),
+            client_recv_ms=_ms(row, "Client Recv"),
+        )
+        for row in rows
+    ]
+    return sorted(points, key=lambda p: p.concurrency)
+
+
+@dataclass
+class Sweep:
+    command: list[str]
+    points: list[PerfPoint]
+
+    @property
+    def command_line(self) -> str:
+        return shlex.join(self.command)
+
+
+def run_sweep(
+    runtime: TritonRuntime,
+    model: str,
+    url: str,
+    *,
+    protocol: Protocol,
+    input_data: Path,
+    concurrency: Sequence[int],
+    out_dir: Path,
+    batch_size: int = 1,
+    measurement_interval_ms: int = 2000,
+    max_trials: int = 3,
+    timeout_s: float = 300.0,
+) -> Sweep:
+    """Run perf_analyzer against a running Triton and return the command and its points."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = out_dir / f"perf-{model}-{protocol}-b{batch_size}.csv"
+    csv_path.unlink(missing_ok=True)
+    command = perf_analyzer_command(
+        runtime.perf_analyzer,
+        model,
+        url,
+        protocol=protocol,
+        input_data=input_data,
+        concurrency=concurrency,
+        batch_size=batch_size,
+        measurement_interval_ms=measurement_interval_ms,
+        max_trials=max_trials,
+        csv_path=csv_path,
+    )
+    try:
+        done = subprocess.run(
+            command,
+            env=runtime.perf_analyzer_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        tail = (exc.stdout or b"")[-2000:]
+        raise PerfAnalyzerError(
+            f"perf_analyzer did not finish within {timeout_s:.0f} s: {shlex.join(command)}\n"
+            f"{tail.decode() if isinstance(tail, bytes) else tail}"
+        ) from exc
+    if done.returncode != 0 or not csv_path.is_file():
+        output = (done.stdout + done.stderr)[-2000:]
+        raise PerfAnalyzerError(
+            f"perf_analyzer exited with {done.returncode}: {shlex.join(command)}\n{output}"
+        )
+    return Sweep(command, parse_csv(csv_path, batch_size, protocol))
+
+
+def render_table(points: Sequence[PerfPoint], title: str = "perf_analyzer") -> Table:
+    table = Table(title=title)
+    columns = (
+        "proto",
+        "conc",
+        "batch",
+        "infer/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "queue ms",
+        "infer ms",
+    )
+    for column in columns:
+        table.add_column(column, justify="right")
+    for p in points:
+        table.add_row(
+            p.protocol,
+            str(p.concurrency),
+            str(p.batch_size),
+            f"{p.throughput_infer_per_s:.1f}",
+            f"{p.p50_ms:.1f}",
+            f"{p.p95_ms:.1f}",
+            f"{p.p99_ms:.1f}",
+            f"{p.server_queue_ms:.2f}",
+            f"{p.server_compute_infer_ms:.2f}",
+        )
+    return table
+
+
+def to_markdown(points: Sequence[PerfPoint]) -> str:
+    header = (
+        "| protocol | concurrency | batch | infer/s | p50 ms | p95 ms | p99 ms | "
+        "server queue ms | server infer ms |"
+    )
+    lines = [header, "|" + "---|" * 9]
+    lines += [
+        f"| {p.protocol} | {p.concurrency} | {p.batch_size} | {p.throughput_infer_per_s:.1f} | "
+        f"{p.p50_ms:.1f} | {p.p95_ms:.1f} | {p.p99_ms:.1f} | {p.server_queue_ms:.2f} | "
+        f"{p.server_compute_infer_ms:.2f} |"
+        for p in points
+    ]
+    return "\n".join(lines) + "\n"

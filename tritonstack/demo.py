@@ -1,0 +1,183 @@
+"""``make demo``: the main job on the embedded default, end to end, with a summary.
+
+export (reused when the installed artefact still matches its report) -> ``up`` -> embeddings
+over gRPC and REST checked against PyTorch (sentence-transformers) -> perf_analyzer sweep ->
+summary. The stack stays up until ``tritonstack down``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from deploy.local import stack
+from deploy.local.runtime import TritonRuntime
+from deploy.local.settings import StackSettings
+
+SENTENCES = [
+    "Triton serves the exported model with dynamic batching.",
+    "A platform engineer brings a PyTorch model.",
+    "The cat sat on the mat.",
+    "Embeddings of similar sentences point in similar directions.",
+]
+COSINE_FLOOR = 0.9999
+
+
+def installed_export_is_current(repository: Path, name: str = "minilm") -> bool:
+    """True when ``NAME/1`` holds a model whose hash matches its OK report."""
+    from export.torch2onnx import sha256
+
+    version_dir = repository / name / "1"
+    try:
+        report = json.loads((version_dir / "report.json").read_text())
+        onnx_step = next(s for s in report["steps"] if s["step"] == "torch2onnx")
+        return bool(
+            report["status"] == "OK"
+            and (repository / name / "config.pbtxt").is_file()
+            and sha256(version_dir / "model.onnx") == onnx_step["metrics"]["file"]["sha256"]
+        )
+    except (OSError, KeyError, StopIteration, json.JSONDecodeError):
+        return False
+
+
+def _export(console: Console, settings: StackSettings) -> bool:
+    from export.models import minilm
+    from export.pipeline import export_model
+
+    if installed_export_is_current(settings.model_repository):
+        console.print(
+            "[green]1. export[/]: reusing model_repository/minilm/1 (hash matches report)"
+        )
+        return True
+    with console.status("1. export: PyTorch -> ONNX -> parity check"):
+        result = export_model(
+            minilm.load(),
+            settings.model_repository,
+            build_dir=settings.home / "build" / minilm.NAME,
+        )
+    if not result.ok:
+        failure = result.failure
+        console.print(f"[red]1. export failed[/]: {failure.reason if failure else '?'}")
+        return False
+    verify = next(s for s in result.steps if s.step == "verify")
+    console.print(
+        f"[green]1. export[/]: {result.version_dir}, parity max rel L2 "
+        f"{verify.metrics['max_rel_l2']:.2e} (budget {verify.metrics['budget']:.0e})"
+    )
+    return True
+
+
+def _reference(texts: list[str]) -> np.ndarray:
+    """PyTorch reference: sentence-transformers' own encode of the same weights."""
+    from sentence_transformers import SentenceTransformer
+
+    from export.models.minilm import model_path
+
+    model = SentenceTransformer(str(model_path()), device="cpu")
+    return np.asarray(model.encode(texts, normalize_embeddings=True))
+
+
+def _embed_both(console: Console, state: stack.TritonState, tokenizer: Path) -> bool:
+    from tritonstack.infer import Endpoint, TextEmbedder
+
+    reference = _reference(SENTENCES)
+    table = Table(title="3. embeddings from Triton vs PyTorch (sentence-transformers)")
+    for column in ("protocol", "endpoint", "shape", "min cosine vs PyTorch", "ms"):
+        table.add_column(column)
+    ok = True
+    for protocol, url in (("grpc", state.grpc_url), ("http", state.http_url)):
+        embedder = TextEmbedder(Endpoint(url, protocol), tokenizer)  # type: ignore[arg-type]
+        try:
+            start = time.perf_counter()
+            vectors = embedder.embed(SENTENCES)
+            elapsed = (time.perf_counter() - start) * 1000
+        finally:
+            embedder.close()
+        cosine = float(np.min(np.sum(vectors * reference, axis=1)))
+        ok &= cosine >= COSINE_FLOOR
+        table.add_row(protocol, url, str(vectors.shape), f"{cosine:.7f}", f"{elapsed:.1f}")
+    console.print(table)
+    if not ok:
+        console.print(f"[red]embeddings differ from PyTorch (cosine < {COSINE_FLOOR})[/]")
+    return ok
+
+
+def perf_sweep(
+    console: Console,
+    settings: StackSettings,
+    state: stack.TritonState,
+    concurrency: list[int],
+    protocols: tuple[str, ...] = ("grpc", "http"),
+) -> bool:
+    """A short perf_analyzer sweep per protocol against the running stack; prints the table."""
+    from benchmarks.perf_analyzer import (
+        PerfAnalyzerError,
+        render_table,
+        run_sweep,
+        write_input_data,
+    )
+
+    out_dir = settings.home / "bench"
+    tokenizer = settings.model_repository / "minilm" / "1" / "tokenizer.json"
+    data = write_input_data(SENTENCES, tokenizer, out_dir / "minilm-input.json", length=16)
+    runtime = TritonRuntime(settings.runtime_dir)
+    points = []
+    for protocol in protocols:
+        url = state.grpc_url if protocol == "grpc" else state.http_url
+        try:
+            with console.status(f"perf_analyzer over {protocol}, concurrency {concurrency}"):
+                sweep = run_sweep(
+                    runtime,
+                    "minilm",
+                    url,
+                    protocol=protocol,  # type: ignore[arg-type]
+                    input_data=data,
+                    concurrency=concurrency,
+                    out_dir=out_dir,
+                )
+        except PerfAnalyzerError as exc:
+            console.print(f"[red]perf_analyzer failed[/]: {exc}")
+            return False
+        console.print(f"[dim]$ {sweep.command_line}[/]", highlight=False)
+        points += sweep.points
+    console.print(render_table(points, "perf_analyzer: minilm, 16 tokens, batch 1"))
+    return True
+
+
+def run_demo(console: Console) -> int:
+    """Run every step; return the exit code (0: all green)."""
+    settings = StackSettings()
+    if not _export(console, settings):
+        return 1
+    with console.status("2. tritonstack up"):
+        state = stack.up(settings)
+    console.print(
+        f"[green]2. up[/]: tritonserver pid {state.pid}, gRPC {state.grpc_url}, "
+        f"HTTP {state.http_url}"
+    )
+    tokenizer = settings.model_repository / "minilm" / "1" / "tokenizer.json"
+    ok = _embed_both(console, state, tokenizer)
+    console.print("4. perf_analyzer sweep")
+    ok = perf_sweep(console, settings, state, [1, 4]) and ok
+    summary = (
+        f"Triton gRPC  {state.grpc_url}\nTriton HTTP  http://{state.http_url}\n"
+        f"metrics      http://{state.host}:{state.metrics_port}/metrics\n"
+        f"log          {state.log}\n\n"
+        "try:  .venv/bin/tritonstack infer 'hello world' --protocol http\n"
+        "      .venv/bin/tritonstack status --json\n"
+        "stop: .venv/bin/tritonstack down"
+    )
+    console.print(
+        Panel(
+            summary,
+            title="demo " + ("OK" if ok else "FAILED"),
+            border_style="green" if ok else "red",
+        )
+    )
+    return 0 if ok else 1

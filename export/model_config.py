@@ -36,6 +36,9 @@ class ServingOptions:
     preferred_batch_sizes: list[int] = field(default_factory=lambda: [8, 16, 32])
     max_queue_delay_us: int = 2000
     max_queue_size: int = 256
+    # 0 for max_queue_size: no default_queue_policy at all. Measured on tritonserver 2.51 (CPU):
+    # with any queue policy, gRPC requests now and then wait ~500 ms in the queue (perf_analyzer
+    # p99 507 ms vs 11 ms without a policy; HTTP unaffected): see benchmarks/README.md.
     queue_timeout_us: int = 0  # 0: a queued request waits as long as it must
     instance_count: int = 1  # per GPU for the gpu target
     intra_op_threads: int = 0  # ONNX Runtime threads per instance (0: runtime default)
@@ -71,10 +74,11 @@ def build_config(spec: ModelSpec, options: ServingOptions) -> mc.ModelConfig:
         b for b in options.preferred_batch_sizes if b <= options.max_batch_size
     )
     batching.max_queue_delay_microseconds = options.max_queue_delay_us
-    policy = batching.default_queue_policy
-    policy.max_queue_size = options.max_queue_size
-    policy.timeout_action = mc.ModelQueuePolicy.REJECT
-    policy.default_timeout_microseconds = options.queue_timeout_us
+    if options.max_queue_size > 0:
+        policy = batching.default_queue_policy
+        policy.max_queue_size = options.max_queue_size
+        policy.timeout_action = mc.ModelQueuePolicy.REJECT
+        policy.default_timeout_microseconds = options.queue_timeout_us
 
     group = config.instance_group.add(
         name=f"{spec.name}_{'cpu' if cpu else 'gpu'}",

@@ -46,6 +46,9 @@ def export(
     ] = None,
     max_batch_size: Annotated[int, typer.Option(min=1)] = 32,
     instances: Annotated[int, typer.Option(min=1, help="instances (per GPU for gpu)")] = 1,
+    max_queue_size: Annotated[
+        int, typer.Option(min=0, help="queue policy bound (REJECT beyond); 0: no queue policy")
+    ] = 256,
 ) -> None:
     """Export all-MiniLM-L6-v2 to ONNX, verify parity, write it into the model repository."""
     from export.model_config import ServingOptions, Target
@@ -58,7 +61,10 @@ def export(
         raise _fail(f"--target must be 'cpu' or 'gpu', got {target!r}") from None
     settings = StackSettings()
     options = ServingOptions(
-        target=serving_target, max_batch_size=max_batch_size, instance_count=instances
+        target=serving_target,
+        max_batch_size=max_batch_size,
+        instance_count=instances,
+        max_queue_size=max_queue_size,
     )
     with console.status("exporting all-MiniLM-L6-v2 (PyTorch -> ONNX -> parity check)"):
         result = export_model(
@@ -207,6 +213,7 @@ def bench(
         str, typer.Option(help="evenly spaced points, e.g. 1,4 or 1,2,3")
     ] = "1,4",
     protocol: Annotated[str, typer.Option(help="grpc, http or both")] = "both",
+    save: Annotated[Path | None, typer.Option(help="directory for JSON + markdown results")] = None,
 ) -> None:
     """A short perf_analyzer sweep of minilm against the running stack."""
     from deploy.local import stack
@@ -225,7 +232,7 @@ def bench(
     protocols = ("grpc", "http") if protocol == "both" else (protocol,)
     if not set(protocols) <= {"grpc", "http"}:
         raise _fail(f"--protocol must be grpc, http or both, got {protocol!r}")
-    if not perf_sweep(console, settings, state, points, protocols):
+    if not perf_sweep(console, settings, state, points, protocols, save_to=save):
         raise typer.Exit(1)
 
 

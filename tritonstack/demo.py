@@ -8,6 +8,8 @@ summary. The stack stays up until ``tritonstack down``.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import time
 from pathlib import Path
 
@@ -114,8 +116,12 @@ def perf_sweep(
     state: stack.TritonState,
     concurrency: list[int],
     protocols: tuple[str, ...] = ("grpc", "http"),
+    save_to: Path | None = None,
 ) -> bool:
-    """A short perf_analyzer sweep per protocol against the running stack; prints the table."""
+    """A short perf_analyzer sweep per protocol against the running stack; prints the table.
+
+    With ``save_to``, also writes ``<date>-<host>.json`` and ``.md`` there (commands included).
+    """
     from benchmarks.perf_analyzer import (
         PerfAnalyzerError,
         render_table,
@@ -128,6 +134,7 @@ def perf_sweep(
     data = write_input_data(SENTENCES, tokenizer, out_dir / "minilm-input.json", length=16)
     runtime = TritonRuntime(settings.runtime_dir)
     points = []
+    commands = []
     for protocol in protocols:
         url = state.grpc_url if protocol == "grpc" else state.http_url
         try:
@@ -146,8 +153,40 @@ def perf_sweep(
             return False
         console.print(f"[dim]$ {sweep.command_line}[/]", highlight=False)
         points += sweep.points
+        commands.append(sweep.command_line)
     console.print(render_table(points, "perf_analyzer: minilm, 16 tokens, batch 1"))
+    if save_to is not None:
+        for path in save_results(save_to, points, commands):
+            console.print(f"wrote {path}")
     return True
+
+
+def save_results(directory: Path, points: list, commands: list[str]) -> list[Path]:
+    """JSON + markdown of a sweep, named by date and machine, with the machine described."""
+    from benchmarks.perf_analyzer import to_markdown
+
+    directory.mkdir(parents=True, exist_ok=True)
+    host = platform.node() or "host"
+    stem = directory / f"{time.strftime('%Y-%m-%d')}-{host}-perf-analyzer"
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
+        "no GPU (tritonserver 2.51 python backend + ONNX Runtime CPU)"
+    )
+    stem.with_suffix(".json").write_text(
+        json.dumps(
+            {"machine": machine, "commands": commands, "points": [p.as_dict() for p in points]},
+            indent=2,
+        )
+        + "\n"
+    )
+    md = (
+        f"# perf_analyzer: minilm (16 tokens, batch 1)\n\nMachine: {machine}\n\n"
+        + to_markdown(points)
+        + "\nCommands:\n\n"
+        + "".join(f"    {c}\n" for c in commands)
+    )
+    stem.with_suffix(".md").write_text(md)
+    return [stem.with_suffix(".json"), stem.with_suffix(".md")]
 
 
 def run_demo(console: Console) -> int:

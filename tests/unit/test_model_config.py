@@ -34,7 +34,9 @@ def test_cpu_config_is_python_backend_with_batching_queue_and_warmup(spec) -> No
     assert config.max_batch_size == 16
     assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]  # 64 > max dropped
     assert config.dynamic_batching.max_queue_delay_microseconds == 2000
-    assert config.dynamic_batching.default_queue_policy.max_queue_size == 256
+    policy = config.dynamic_batching.default_queue_policy
+    assert policy.max_queue_size == 256 and policy.default_timeout_microseconds == 0
+    assert policy.timeout_action == mc.ModelQueuePolicy.REJECT
     assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
     assert all(i.allow_ragged_batch for i in config.input)
     assert [list(i.dims) for i in config.input] == [[-1]] * 3
@@ -117,3 +119,9 @@ def test_generated_text_is_not_a_template(spec) -> None:
 
     text_format.Parse(text, parsed)
     assert parsed.name == "minilm" and "{{" not in text
+
+
+def test_queue_policy_can_be_left_out(spec) -> None:
+    config = build_config(spec, ServingOptions(max_queue_size=0))
+    assert config.HasField("dynamic_batching")
+    assert not config.dynamic_batching.HasField("default_queue_policy")

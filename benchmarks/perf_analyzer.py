@@ -196,18 +196,26 @@ def run_sweep(
             timeout=timeout_s,
             check=False,
         )
-    except subprocess.TimeoutExpired as exc:
-        tail = (exc.stdout or b"")[-2000:]
+    except subprocess.TimeoutExpired as exc:  # run() has killed it by now
         raise PerfAnalyzerError(
-            f"perf_analyzer did not finish within {timeout_s:.0f} s: {shlex.join(command)}\n"
-            f"{tail.decode() if isinstance(tail, bytes) else tail}"
+            f"perf_analyzer did not finish within {timeout_s:g} s (killed): "
+            f"{shlex.join(command)}\n{_tail(exc.stdout, exc.stderr)}"
         ) from exc
     if done.returncode != 0 or not csv_path.is_file():
-        output = (done.stdout + done.stderr)[-2000:]
         raise PerfAnalyzerError(
-            f"perf_analyzer exited with {done.returncode}: {shlex.join(command)}\n{output}"
+            f"perf_analyzer exited with {done.returncode}"
+            f"{'' if done.returncode else ' but wrote no CSV'}: {shlex.join(command)}\n"
+            f"{_tail(done.stdout, done.stderr)}"
         )
     return Sweep(command, parse_csv(csv_path, batch_size, protocol))
+
+
+def _tail(*streams: str | bytes | None, chars: int = 2000) -> str:
+    """The last ``chars`` characters of the captured output (bytes after a timeout)."""
+    text = "".join(
+        s.decode("utf-8", "replace") if isinstance(s, bytes) else (s or "") for s in streams
+    )
+    return text[-chars:]
 
 
 def render_table(points: Sequence[PerfPoint], title: str = "perf_analyzer") -> Table:

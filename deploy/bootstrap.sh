@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything tritonstack needs on a Debian 12 machine (no Docker, no GPU):
-#   1. Debian packages (libb64-0d for perf_analyzer), installed when missing if we are root;
+#   1. Debian packages (libb64-0d: perf_analyzer; redis-server: gateway and feature store),
+#      installed when missing if we are root;
 #   2. the gateway/export environment  .venv               (pyproject.toml, torch pinned on CPU);
 #   3. the Triton runtime environment  .tritonstack/runtime (requirements/triton-runtime.txt).
 # Each environment is rebuilt only when the files that define it change (a stamp holds their hash).
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${TRITONSTACK_VENV:-.venv}
 RUNTIME=${TRITONSTACK_RUNTIME_ENV:-${TRITONSTACK_HOME:-.tritonstack}/runtime}
-DEBIAN_PACKAGES=(libb64-0d)
+DEBIAN_PACKAGES=(libb64-0d redis-server)
 
 say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 quiet_pip() {  # pip, minus the noise of find-links folders this machine's pip.conf names

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from deploy.local import TritonRuntime, TritonServer
+from deploy.local.redis import RedisServer
 from deploy.local.settings import StackSettings
 from export.pipeline import ExportResult, export_model
 from export.spec import ModelSpec
@@ -62,6 +63,13 @@ def triton(
         runtime, model_repository, work_dir=tmp_path_factory.mktemp("triton"), startup_timeout_s=120
     )
     with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server (Debian's) on a free loopback port, no persistence."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
         yield server
 
 

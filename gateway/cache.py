@@ -1,0 +1,109 @@
+"""Response caches: answers keyed by model, model version and a canonical hash of the input.
+
+Two layers live in the stack (see README, "Which cache serves what"):
+- this gateway cache holds whole HTTP answers (the exact bytes), in Redis when configured (shared
+  by replicas, TTL per entry, memory bounded by Redis' ``maxmemory`` + ``allkeys-lru``) or in an
+  in-process LRU (entries and bytes bounded, TTL) as the embedded default;
+- Triton's own response cache (``response_cache { enable: true }`` in the model config) holds
+  per-request model outputs inside the server, for any client, gateway or not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from cachetools import TTLCache
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CachedResponse:
+    body: bytes
+    media_type: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def encode(self) -> bytes:
+        head = "\n".join([self.media_type, *(f"{k}:{v}" for k, v in self.headers)]).encode()
+        return len(head).to_bytes(4, "little") + head + self.body
+
+    @classmethod
+    def decode(cls, blob: bytes) -> CachedResponse:
+        size = int.from_bytes(blob[:4], "little")
+        media_type, *header_lines = blob[4 : 4 + size].decode().split("\n")
+        headers = tuple(tuple(line.split(":", 1)) for line in header_lines)
+        return cls(blob[4 + size :], media_type, headers)  # type: ignore[arg-type]
+
+
+def cache_key(model: str, version: str, *parts: bytes) -> str:
+    """``model:version:sha256(parts)`` with each part length-prefixed (no ambiguity)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return f"{model}:{version}:{digest.hexdigest()}"
+
+
+class ResponseCache(Protocol):
+    layer: str
+
+    async def get(self, key: str) -> CachedResponse | None: ...
+
+    async def put(self, key: str, value: CachedResponse) -> None: ...
+
+
+class LocalCache:
+    """In-process LRU with a TTL, bounded in entries and in bytes.
+
+    One ``TTLCache`` whose size unit is bytes, where each entry weighs at least
+    ``max_bytes / max_entries``: so neither bound can be passed.
+    """
+
+    layer = "local"
+
+    def __init__(self, max_entries: int, max_bytes: int, ttl_s: float) -> None:
+        floor = max(1, max_bytes // max_entries)
+        self._entries: TTLCache[str, CachedResponse] = TTLCache(
+            maxsize=max_bytes, ttl=ttl_s, getsizeof=lambda v: max(floor, len(v.body) + 64)
+        )
+
+    async def get(self, key: str) -> CachedResponse | None:
+        return self._entries.get(key)
+
+    async def put(self, key: str, value: CachedResponse) -> None:
+        with contextlib.suppress(ValueError):  # larger than the whole cache
+            self._entries[key] = value
+
+
+class RedisCache:
+    """Redis ``SET key value EX ttl``; a Redis error is a miss, never a failed request."""
+
+    layer = "redis"
+
+    def __init__(self, redis: Redis, ttl_s: int, prefix: str = "tritonstack:rc:") -> None:
+        self._redis = redis
+        self._ttl_s = ttl_s
+        self._prefix = prefix
+        self.errors = 0
+
+    async def get(self, key: str) -> CachedResponse | None:
+        try:
+            blob = await self._redis.get(self._prefix + key)
+        except (RedisError, OSError) as exc:
+            self.errors += 1
+            log.warning("response cache read failed (treated as a miss): %s", exc)
+            return None
+        return CachedResponse.decode(blob) if blob else None
+
+    async def put(self, key: str, value: CachedResponse) -> None:
+        try:
+            await self._redis.set(self._prefix + key, value.encode(), ex=self._ttl_s)
+        except (RedisError, OSError) as exc:
+            self.errors += 1
+            log.warning("response cache write failed (answer not cached): %s", exc)

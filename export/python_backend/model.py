@@ -10,6 +10,7 @@ is malformed gets its own error response; it never fails the other requests of t
 
 Parameters (``config.pbtxt``): ``onnx_model_filename``, ``intra_op_num_threads`` (0: ORT
 default), ``max_sequence_length``, ``vocab_size`` (token ids are range-checked when set).
+Floating-point inputs (e.g. driver_ranker's ``features`` FP32 [-1, k]) must be finite.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ class TritonPythonModel:
                 f"sequence length {first.shape[1]} exceeds the model's maximum "
                 f"{self.max_length}; truncate the input"
             )
+        for name, array in arrays.items():  # numeric features: a NaN is never a valid input
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise RequestError(f"input '{name}' holds NaN or infinite values")
         ids = arrays.get("input_ids")
         if self.vocab_size and ids is not None and ids.size:
             low, high = int(ids.min()), int(ids.max())

@@ -12,12 +12,14 @@ from rich.table import Table
 
 from deploy.local.errors import DeployError
 from deploy.local.settings import StackSettings
+from features.cli import app as features_app
 
 app = typer.Typer(
     help="Export a PyTorch model, serve it with Triton, query and benchmark it.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(features_app, name="features")
 console = Console()
 err = Console(stderr=True)
 

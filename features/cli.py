@@ -1,0 +1,174 @@
+"""``tritonstack features``: generate data, apply the Feast repository, materialize, train.
+
+Every step is idempotent: ``generate`` reuses data made for the same spec and hour, ``apply``
+lets Feast diff against its registry, ``materialize`` is incremental, ``train`` reuses an
+export made from the same data and config (``--force`` redoes any of them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from features.errors import FeatureStoreError
+from features.settings import FeatureSettings
+
+app = typer.Typer(
+    help="The Feast feature store: driver statistics, online lookup, the driver_ranker model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    return typer.Exit(1)
+
+
+def _when(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@app.command()
+def generate(
+    drivers: Annotated[int, typer.Option(min=10, help="number of drivers")] = 100,
+    days: Annotated[int, typer.Option(min=5, help="days of hourly rows, ending this hour")] = 14,
+    labels: Annotated[int, typer.Option(min=100, help="labelled ride offers")] = 20_000,
+    seed: Annotated[int, typer.Option()] = 7,
+    force: Annotated[bool, typer.Option(help="rewrite even when the same data exists")] = False,
+) -> None:
+    """Write the offline parquet (hourly driver stats) and the labelled offers."""
+    from features.data import DatasetSpec
+    from features.data import generate as write
+
+    settings = FeatureSettings()
+    spec = DatasetSpec(n_drivers=drivers, days=days, n_labels=labels, seed=seed)
+    dataset = write(spec, settings.data_dir, force=force)
+    verb = "reused" if dataset.reused else "wrote"
+    console.print(
+        f"{verb} {dataset.stats_path} ({dataset.rows} rows up to {dataset.end.isoformat()}) "
+        f"and {dataset.labels_path} ({dataset.label_rows} offers)"
+    )
+    cohorts = ", ".join(f"{k}: {len(v)}" for k, v in dataset.drivers.items())
+    console.print(f"driver cohorts: {cohorts}")
+
+
+@app.command()
+def apply() -> None:
+    """Write feature_store.yaml from FEATURES_* settings and register the definitions."""
+    from features.store import apply as run_apply
+
+    settings = FeatureSettings()
+    try:
+        report = run_apply(settings)
+    except FeatureStoreError as exc:
+        raise _fail(exc) from None
+    console.print(
+        f"applied {', '.join(report.detail['objects'])} to project {settings.project} "
+        f"({settings.store_kind} online store) in {report.duration_s:.1f} s"
+    )
+
+
+@app.command()
+def materialize(
+    start: Annotated[
+        str | None, typer.Option(help="ISO time; with it, exactly [start, end] (else incremental)")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="ISO time (default: now, UTC)")] = None,
+) -> None:
+    """Load offline rows into the online store (incremental up to now by default)."""
+    from features.store import materialize as run_materialize
+
+    settings = FeatureSettings()
+    try:
+        report = run_materialize(settings, start=_when(start), end=_when(end))
+    except FeatureStoreError as exc:
+        raise _fail(exc) from None
+    console.print(
+        f"materialized ({report.detail['mode']}) up to {report.detail['end']} into "
+        f"{settings.store_kind} in {report.duration_s:.1f} s"
+    )
+
+
+@app.command()
+def train(
+    repository: Annotated[Path, typer.Option(help="model repository to write into")] = Path(
+        "model_repository"
+    ),
+    version: Annotated[int, typer.Option(min=1)] = 1,
+    force: Annotated[
+        bool, typer.Option(help="retrain even when an export of this data exists")
+    ] = False,
+) -> None:
+    """Point-in-time training set, train the driver_ranker MLP, export it (parity checked)."""
+    from deploy.local.settings import StackSettings
+    from features.train import train_and_export
+
+    settings = FeatureSettings()
+    build_dir = StackSettings().home / "build" / "driver_ranker"
+    try:
+        with console.status("training driver_ranker on point-in-time features"):
+            result = train_and_export(
+                settings, repository, build_dir=build_dir, version=version, force=force
+            )
+    except FeatureStoreError as exc:
+        raise _fail(exc) from None
+    report = result.report
+    table = Table(title=f"driver_ranker ({'reused' if result.reused else 'trained'})")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("offers (entity rows)", str(report.entity_rows))
+    for cause, rows in report.dropped.items():
+        table.add_row(f"dropped: {cause}", str(rows))
+    table.add_row("training rows (train / validation)", f"{report.train_rows} / "
+                  f"{report.validation_rows}")  # fmt: skip
+    v = report.validation
+    table.add_row("validation AUC (baseline)", f"{v['auc']:.3f} ({v['baseline_auc']:.3f})")
+    table.add_row(
+        "validation log-loss (baseline)", f"{v['logloss']:.4f} ({v['baseline_logloss']:.4f})"
+    )
+    console.print(table)
+    console.print(f"model: {result.version_dir}")
+
+
+@app.command()
+def get(
+    entity_ids: Annotated[list[int], typer.Argument(help="driver ids")],
+) -> None:
+    """Read the model's features of drivers from the online store (as the gateway does)."""
+    from features.online import open_online_features
+    from features.schema import build_model_input
+
+    settings = FeatureSettings()
+
+    async def read() -> list[dict[str, object]]:
+        async with open_online_features(settings) as reader:
+            rows = await reader.read(entity_ids)
+        out: list[dict[str, object]] = []
+        for row in rows:
+            try:
+                build_model_input([row], policy="reject", max_age_s=settings.max_age_s)
+                outcome = "ok"
+            except FeatureStoreError as exc:
+                outcome = f"{type(exc).__name__}: {exc}"
+            ts = row.event_timestamp.isoformat() if row.event_timestamp else None
+            out.append({"driver_id": row.entity_id, **row.values, "event_timestamp": ts,
+                        "outcome": outcome})  # fmt: skip
+        return out
+
+    try:
+        console.print_json(json.dumps(asyncio.run(read())))
+    except FeatureStoreError as exc:
+        raise _fail(exc) from None

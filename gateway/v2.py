@@ -36,7 +36,7 @@ class Tensor:
         """Canonical bytes of the values (little-endian, C order; BYTES length-prefixed)."""
         if self.datatype == "BYTES":
             serialized = serialize_byte_tensor(self.array)
-            return b"" if serialized is None else serialized.tobytes()
+            return b"" if serialized is None else bytes(serialized.item())
         return np.ascontiguousarray(self.array, self.array.dtype.newbyteorder("<")).tobytes()
 
     def to_grpc(self) -> grpcclient.InferInput:
@@ -62,7 +62,7 @@ class InferRequest:
 
 def loads(data: bytes | str, what: str = "body") -> Any:
     try:
-        return json.loads(data)
+        return json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
     except UnicodeDecodeError as exc:
         raise bad_request(f"{what} is not UTF-8: {exc.reason} at byte {exc.start}") from None
     except json.JSONDecodeError as exc:
@@ -101,6 +101,12 @@ def _from_json(name: str, datatype: str, data: Any, numel: int) -> np.ndarray:
         _expect(values.dtype.kind == "b", f"input {name!r}: BOOL data must be true/false", name)
         return values.astype(bool)
     if dtype.kind in "iu":
+        if values.dtype.kind == "O" and all(type(v) is int for v in values.tolist()):
+            info = np.iinfo(dtype)
+            raise bad_request(
+                f"input {name!r}: values must lie in [{info.min}, {info.max}] for {datatype}",
+                param=name,
+            )
         _expect(
             values.dtype.kind in "iu",
             f"input {name!r}: {datatype} data must be integers, got {values.dtype.kind!r} values",

@@ -1,0 +1,92 @@
+"""Gateway fixtures: real gateway processes in front of the real Triton and a real Redis."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from deploy.local.gateway import GatewayProcess
+from deploy.local.redis import RedisServer
+from deploy.local.triton import TritonServer
+from gateway.tenants import TenantConfig, hash_key
+
+ALPHA_KEY = "ts_alpha-key-for-tests-0123456789abcdef"  # every model, generous limit
+BETA_KEY = "ts_beta-key-for-tests-0123456789abcdef"  # only driver_ranker
+LIMITED_KEY = "ts_limited-key-for-tests-0123456789ab"  # burst 6, no refill during a test
+LIMITED_BURST = 6
+
+TENANTS = {
+    "alpha": TenantConfig(key_sha256=[hash_key(ALPHA_KEY)], rate_per_s=1000, burst=2000),
+    "beta": TenantConfig(key_sha256=[hash_key(BETA_KEY)], models=["driver_ranker"]),
+    "limited": TenantConfig(
+        key_sha256=[hash_key(LIMITED_KEY)], rate_per_s=0.001, burst=LIMITED_BURST
+    ),
+}
+TENANTS_JSON = json.dumps({name: t.model_dump() for name, t in TENANTS.items()})
+
+AUTH = {"Authorization": f"Bearer {ALPHA_KEY}"}
+StartGateway = Callable[..., GatewayProcess]
+
+
+@pytest.fixture(scope="session")
+def start_gateway(
+    tmp_path_factory: pytest.TempPathFactory, tokenizer_json: Path
+) -> Iterator[StartGateway]:
+    """Start gateway processes with test tenants; all are stopped at the end of the session."""
+    started: list[GatewayProcess] = []
+
+    def start(triton_grpc_url: str, redis_url: str | None = None, **settings: object):
+        env = {f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()}
+        env.setdefault("GATEWAY_TENANTS", TENANTS_JSON)
+        env.setdefault("GATEWAY_EMBEDDINGS_TOKENIZER", str(tokenizer_json))
+        process = GatewayProcess(
+            tmp_path_factory.mktemp("gateway"),
+            triton_grpc_url=triton_grpc_url,
+            redis_url=redis_url,
+            settings=env,
+        )
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    start_gateway: StartGateway, triton: TritonServer, redis_server: RedisServer
+) -> GatewayProcess:
+    """The gateway with Redis (shared rate limits, Redis response cache)."""
+    return start_gateway(triton.grpc_url, redis_server.url)
+
+
+@pytest.fixture
+def client(gateway: GatewayProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway.url, timeout=30) as c:
+        yield c
+
+
+def token_inputs(ids: list[int]) -> dict[str, np.ndarray]:
+    input_ids = np.array([ids], dtype=np.int64)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": np.ones_like(input_ids),
+        "token_type_ids": np.zeros_like(input_ids),
+    }
+
+
+def v2_json_body(ids: list[int], **extra: object) -> dict[str, object]:
+    """A JSON (non-binary) Open Inference Protocol request for the MiniLM encoder."""
+    return {
+        "inputs": [
+            {"name": name, "datatype": "INT64", "shape": list(a.shape), "data": a.ravel().tolist()}
+            for name, a in token_inputs(ids).items()
+        ],
+        **extra,
+    }

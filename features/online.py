@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from redis import exceptions as redis_errors
+
 from features import redis_layout
 from features.errors import FeatureStoreUnavailable
 from features.schema import (
@@ -60,7 +62,7 @@ class OnlineFeatures(ABC):
             raise FeatureStoreUnavailable(
                 f"{self.name}: online lookup of {len(ids)} entities exceeded {self.timeout_s} s"
             ) from exc
-        except (OSError, ConnectionError) as exc:
+        except (OSError, redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
             raise FeatureStoreUnavailable(f"{self.name}: online store unreachable: {exc}") from exc
 
     @abstractmethod
@@ -120,7 +122,7 @@ class DirectRedisFeatures(OnlineFeatures):
         try:
             async with asyncio.timeout(self.timeout_s):
                 return bool(await self.client.ping())  # type: ignore[misc]
-        except (TimeoutError, OSError, ConnectionError):
+        except (TimeoutError, OSError, redis_errors.ConnectionError, redis_errors.TimeoutError):
             return False
 
     async def close(self) -> None:
@@ -202,6 +204,13 @@ class FeastSdkFeatures(OnlineFeatures):
     async def close(self) -> None:
         if self._initialized:
             await self.store.close()
+        # Feast 0.67's Redis store opens an async client in get_online_features_async and
+        # never closes it (its close() is the base no-op): close it here, on this loop.
+        online = getattr(self.store._get_provider(), "online_store", None)
+        client = getattr(online, "_client_async", None)
+        if client is not None:
+            await client.aclose()
+            online._client_async = None  # type: ignore[union-attr]
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 

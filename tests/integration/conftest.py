@@ -1,0 +1,64 @@
+"""Feature-store fixtures (issue 4): one small generated dataset per store, applied and
+materialized once per session, for SQLite (embedded) and a real redis-server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from features.data import Dataset, DatasetSpec, generate
+from features.repo import FEATURE_TTL
+from features.settings import FeatureSettings
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+# Small on purpose: the point is the edge cases (see features.data cohorts), not volume.
+SPEC = DatasetSpec(n_drivers=20, days=5, n_labels=3000, seed=11, end=datetime.now(UTC))
+
+
+@dataclass
+class FeatureEnv:
+    """A Feast repository with data, applied and materialized up to ``materialized_at``."""
+
+    kind: str
+    settings: FeatureSettings
+    store: FeatureStore
+    dataset: Dataset
+    materialized_at: datetime
+
+
+def _feature_env(kind: str, base: Path, **settings: Any) -> FeatureEnv:
+    from features.store import apply, materialize, open_store
+
+    config = FeatureSettings(state_dir=base / "features", **settings)
+    dataset = generate(SPEC, config.data_dir)
+    store = open_store(config)
+    apply(config, store)
+    # The known time: the dataset's last hour. Each driver's online row is then its latest row
+    # at or before it, within the TTL: the same instant the consistency test asks the offline
+    # store about.
+    at = dataset.end
+    materialize(config, start=at - FEATURE_TTL, end=at, store=store)
+    return FeatureEnv(kind, config, store, dataset, at)
+
+
+@pytest.fixture(scope="session")
+def sqlite_features(tmp_path_factory: pytest.TempPathFactory) -> FeatureEnv:
+    return _feature_env("sqlite", tmp_path_factory.mktemp("feast-sqlite"))
+
+
+@pytest.fixture(scope="session")
+def redis_features(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> FeatureEnv:
+    return _feature_env("redis", tmp_path_factory.mktemp("feast-redis"), redis_url=redis_server.url)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def feature_env(request: pytest.FixtureRequest) -> FeatureEnv:
+    """Each test using it runs against both online stores."""
+    env: FeatureEnv = request.getfixturevalue(f"{request.param}_features")
+    return env

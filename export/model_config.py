@@ -44,7 +44,7 @@ class ServingOptions:
     intra_op_threads: int = 0  # ONNX Runtime threads per instance (0: runtime default)
     warmup_length: int = 16
     num_versions: int = 1  # version policy: serve the latest N versions
-    response_cache: bool = False
+    response_cache: bool = True  # Triton's per-request cache; the server needs --cache-config
 
 
 def _tensor(spec: TensorSpec, *, ragged: bool) -> tuple[str, int, list[int], bool]:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from deploy.local.errors import DeployError
+from deploy.local.gateway import curl_examples
 from deploy.local.settings import StackSettings
 from features.cli import app as features_app
 
@@ -111,13 +112,13 @@ def up(
     grpc_port: Annotated[int | None, typer.Option(min=0, max=65535)] = None,
     metrics_port: Annotated[int | None, typer.Option(min=0, max=65535)] = None,
 ) -> None:
-    """Start the local stack (Triton) in the background; it runs until `tritonstack down`."""
+    """Start the local stack (Triton, redis-server, gateway) in the background, until `down`."""
     from deploy.local import stack
 
     ports = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
     settings = StackSettings().model_copy(update={k: v for k, v in ports.items() if v is not None})
     try:
-        with console.status("starting tritonserver"):
+        with console.status("starting tritonserver, redis-server and the gateway"):
             state = stack.up(settings)
     except DeployError as exc:
         raise _fail(str(exc)) from None
@@ -125,6 +126,10 @@ def up(
         f"triton up (pid {state.pid}): gRPC {state.grpc_url}, "
         f"HTTP http://{state.http_url}, metrics :{state.metrics_port}"
     )
+    gateway = stack.read_service(settings, "gateway")
+    if gateway is not None:
+        console.print(f"gateway up (pid {gateway.pid}): {gateway.url}")
+        typer.echo(curl_examples(gateway.url, stack.dev_api_key(settings) or "<key>"))
 
 
 @app.command()
@@ -136,14 +141,14 @@ def down() -> None:
         state = stack.down(StackSettings())
     except DeployError as exc:
         raise _fail(str(exc)) from None
-    console.print(f"stopped triton (pid {state.pid})")
+    console.print(f"stopped the gateway, redis-server and triton (pid {state.pid})")
 
 
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
 ) -> None:
-    """What runs and where (Triton addresses; later the gateway URL and dev API key)."""
+    """What runs and where: Triton addresses, Redis, the gateway URL and the dev API key."""
     from deploy.local import stack
 
     info = stack.status(StackSettings())

@@ -19,6 +19,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from deploy.local import stack
+from deploy.local.gateway import curl_examples
 from deploy.local.runtime import TritonRuntime
 from deploy.local.settings import StackSettings
 
@@ -85,7 +86,27 @@ def _reference(texts: list[str]) -> np.ndarray:
     return np.asarray(model.encode(texts, normalize_embeddings=True))
 
 
-def _embed_both(console: Console, state: stack.TritonState, tokenizer: Path) -> bool:
+def _via_gateway(url: str, key: str) -> np.ndarray:
+    """``POST /v1/embeddings`` through the gateway with the development key (cache bypassed)."""
+    import httpx
+
+    response = httpx.post(
+        f"{url}/v1/embeddings",
+        json={"input": SENTENCES, "model": "all-MiniLM-L6-v2"},
+        headers={"Authorization": f"Bearer {key}", "Cache-Control": "no-cache"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    data = sorted(response.json()["data"], key=lambda d: d["index"])
+    return np.array([d["embedding"] for d in data], dtype=np.float32)
+
+
+def _embed_both(
+    console: Console,
+    state: stack.TritonState,
+    tokenizer: Path,
+    gateway: tuple[str, str] | None = None,
+) -> bool:
     from tritonstack.infer import Endpoint, TextEmbedder
 
     reference = _reference(SENTENCES)
@@ -104,6 +125,16 @@ def _embed_both(console: Console, state: stack.TritonState, tokenizer: Path) -> 
         cosine = float(np.min(np.sum(vectors * reference, axis=1)))
         ok &= cosine >= COSINE_FLOOR
         table.add_row(protocol, url, str(vectors.shape), f"{cosine:.7f}", f"{elapsed:.1f}")
+    if gateway is not None:
+        start = time.perf_counter()
+        vectors = _via_gateway(*gateway)
+        elapsed = (time.perf_counter() - start) * 1000
+        cosine = float(np.min(np.sum(vectors * reference, axis=1)))
+        ok &= cosine >= COSINE_FLOOR
+        table.add_row(
+            "gateway", f"{gateway[0]}/v1/embeddings", str(vectors.shape), f"{cosine:.7f}",
+            f"{elapsed:.1f}",
+        )  # fmt: skip
     console.print(table)
     if not ok:
         console.print(f"[red]embeddings differ from PyTorch (cosine < {COSINE_FLOOR})[/]")
@@ -200,15 +231,20 @@ def run_demo(console: Console) -> int:
         f"[green]2. up[/]: tritonserver pid {state.pid}, gRPC {state.grpc_url}, "
         f"HTTP {state.http_url}"
     )
+    gateway = stack.read_service(settings, "gateway")
+    key = stack.dev_api_key(settings) or ""
+    if gateway is not None:
+        console.print(f"[green]   gateway[/]: {gateway.url} (dev API key in `tritonstack status`)")
     tokenizer = settings.model_repository / "minilm" / "1" / "tokenizer.json"
-    ok = _embed_both(console, state, tokenizer)
+    ok = _embed_both(console, state, tokenizer, (gateway.url, key) if gateway else None)
     console.print("4. perf_analyzer sweep")
     ok = perf_sweep(console, settings, state, [1, 4]) and ok
     summary = (
         f"Triton gRPC  {state.grpc_url}\nTriton HTTP  http://{state.http_url}\n"
         f"metrics      http://{state.host}:{state.metrics_port}/metrics\n"
-        f"log          {state.log}\n\n"
-        "try:  .venv/bin/tritonstack infer 'hello world' --protocol http\n"
+        f"log          {state.log}\n"
+        + (f"gateway      {gateway.url}  (key: {key})\n\n" if gateway else "\n")
+        + "try:  .venv/bin/tritonstack infer 'hello world' --protocol http\n"
         "      .venv/bin/tritonstack status --json\n"
         "stop: .venv/bin/tritonstack down"
     )
@@ -219,4 +255,6 @@ def run_demo(console: Console) -> int:
             border_style="green" if ok else "red",
         )
     )
+    if gateway is not None:  # unwrapped, so the commands copy and paste
+        console.print(curl_examples(gateway.url, key), soft_wrap=True, highlight=False)
     return 0 if ok else 1

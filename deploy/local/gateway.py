@@ -101,3 +101,19 @@ class GatewayProcess(BackgroundProcess):
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+
+def curl_examples(url: str, key: str) -> str:
+    """Working requests against the local gateway, with the development key."""
+    auth = f'-H "Authorization: Bearer {key}"'
+    return "\n".join(
+        [
+            "try the gateway:",
+            f"  curl -s {url}/readyz",
+            f"  curl -s {auth} -H 'Content-Type: application/json' {url}/v1/embeddings \\",
+            """    -d '{"input": ["hello world", "triton"], "model": "all-MiniLM-L6-v2"}'""",
+            f"  curl -s {auth} {url}/v2/models/minilm",
+            f"  curl -s {url}/metrics | grep gateway_",
+            f"  open {url}/docs  (OpenAPI)",
+        ]
+    )

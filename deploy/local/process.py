@@ -93,8 +93,7 @@ class BackgroundProcess:
                 return
             time.sleep(_POLL_INTERVAL_S)
         raise ProcessStartError(
-            f"{self.name} was not ready within {self.startup_timeout_s:g} s "
-            f"(log: {self.log_path})",
+            f"{self.name} was not ready within {self.startup_timeout_s:g} s (log: {self.log_path})",
             log_tail(self.log_path),
         )
 

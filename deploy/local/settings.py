@@ -26,6 +26,11 @@ class StackSettings(BaseSettings):
     http_port: int = Field(0, ge=0, le=65535)
     grpc_port: int = Field(0, ge=0, le=65535)
     metrics_port: int = Field(0, ge=0, le=65535)
+    gateway: bool = Field(True, description="start the gateway beside Triton")
+    gateway_port: int = Field(0, ge=0, le=65535)
+    redis: bool = Field(True, description="start redis-server (False: in-process defaults)")
+    redis_port: int = Field(0, ge=0, le=65535)
+    response_cache_bytes: int = Field(64 * 2**20, ge=0, description="Triton's cache; 0 = off")
     startup_timeout_s: float = Field(180.0, gt=0)
     shutdown_timeout_s: float = Field(30.0, gt=0)
 

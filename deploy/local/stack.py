@@ -1,4 +1,7 @@
-"""``tritonstack up|down|status``: the local stack as background processes with one state file."""
+"""``tritonstack up|down|status``: Triton, redis-server and the gateway as background processes.
+
+One state file records what ``up`` started; ``down`` stops exactly that.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,26 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from deploy.local.errors import StackNotRunningError
+from deploy.local.gateway import GatewayProcess, ensure_dev_tenant, http_ok
+from deploy.local.process import BackgroundProcess
+from deploy.local.redis import RedisServer
 from deploy.local.runtime import TritonRuntime
 from deploy.local.settings import StackSettings
 from deploy.local.triton import TritonPorts, TritonServer, http_ready, stop_process_group
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass
@@ -34,29 +51,93 @@ class TritonState:
         return f"{self.host}:{self.http_port}"
 
     def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_alive(self.pid)
+
+
+@dataclass
+class ServiceState:
+    """A background service other than Triton (redis-server, the gateway)."""
+
+    pid: int
+    url: str
+    log: str
+    started_unix: float
+
+    def alive(self) -> bool:
+        return pid_alive(self.pid)
+
+
+def _read(settings: StackSettings) -> dict[str, Any]:
+    try:
+        data = json.loads(settings.state_file.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write(settings: StackSettings, data: dict[str, Any]) -> None:
+    settings.state_file.parent.mkdir(parents=True, exist_ok=True)
+    settings.state_file.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def read_state(settings: StackSettings) -> TritonState | None:
     try:
-        data = json.loads(settings.state_file.read_text())
-        return TritonState(**data["triton"])
-    except (FileNotFoundError, KeyError, TypeError, json.JSONDecodeError):
+        return TritonState(**_read(settings)["triton"])
+    except (KeyError, TypeError):
+        return None
+
+
+def read_service(settings: StackSettings, name: str) -> ServiceState | None:
+    try:
+        return ServiceState(**_read(settings)[name])
+    except (KeyError, TypeError):
         return None
 
 
 def up(settings: StackSettings, extra_args: list[str] | None = None) -> TritonState:
-    """Start Triton in the background (or return the one already running) and record it."""
+    """Start Triton, redis-server and the gateway in the background (each only when not running).
+
+    Returns Triton's state; ``read_service(settings, "gateway"|"redis")`` gives the others.
+    """
+    triton = _up_triton(settings, extra_args)
+    data = _read(settings)
+    redis_url: str | None = None
+    if settings.redis:
+        redis = _up_redis(settings, read_service(settings, "redis"))
+        data["redis"] = asdict(redis)
+        redis_url = redis.url
+    if settings.gateway:
+        gateway = _up_gateway(settings, triton, redis_url, read_service(settings, "gateway"))
+        data["gateway"] = asdict(gateway)
+    data["triton"] = asdict(triton)
+    _write(settings, data)
+    return triton
+
+
+def servable_models(repository: Path) -> tuple[list[str], list[str]]:
+    """Models of a repository that have an exported version, and those that only have a config."""
+    ready: list[str] = []
+    unexported: list[str] = []
+    for config in sorted(repository.glob("*/config.pbtxt")):
+        versions = [p for p in config.parent.iterdir() if p.is_dir() and p.name.isdigit()]
+        (ready if versions else unexported).append(config.parent.name)
+    return ready, unexported
+
+
+def _up_triton(settings: StackSettings, extra_args: list[str] | None) -> TritonState:
     current = read_state(settings)
     if current is not None and current.alive():
         return current
     home = settings.home.absolute()
+    ready, unexported = servable_models(settings.model_repository)
+    if not ready:
+        raise StackNotRunningError(
+            f"no exported model in {settings.model_repository}: run `tritonstack export` first"
+        )
+    mode = "none"
+    if unexported:  # tracked configs whose artefacts are not built yet: load the others only
+        mode = "explicit"
+        extra_args = [*(f"--load-model={name}" for name in ready), *(extra_args or [])]
     server = TritonServer(
         TritonRuntime(settings.runtime_dir),
         settings.model_repository,
@@ -67,7 +148,9 @@ def up(settings: StackSettings, extra_args: list[str] | None = None) -> TritonSt
         host=settings.host,
         startup_timeout_s=settings.startup_timeout_s,
         shutdown_timeout_s=settings.shutdown_timeout_s,
+        model_control_mode=mode,
         extra_args=extra_args,
+        response_cache_bytes=settings.response_cache_bytes,
     )
     server.start()  # raises TritonStartError with the log tail; stops what it started
     assert server.pid is not None
@@ -81,20 +164,75 @@ def up(settings: StackSettings, extra_args: list[str] | None = None) -> TritonSt
         log=str(server.log_path),
         started_unix=time.time(),
     )
-    settings.state_file.parent.mkdir(parents=True, exist_ok=True)
-    settings.state_file.write_text(json.dumps({"triton": asdict(state)}, indent=2) + "\n")
+    _write(settings, {**_read(settings), "triton": asdict(state)})
     server.process = None  # the server outlives this process; `down` stops it by its group
     return state
 
 
+def _detach(process: BackgroundProcess, url: str) -> ServiceState:
+    assert process.pid is not None
+    state = ServiceState(process.pid, url, str(process.log_path), time.time())
+    process.process = None  # outlives this process; `down` stops it by its group
+    return state
+
+
+def _up_redis(settings: StackSettings, current: ServiceState | None) -> ServiceState:
+    if current is not None and current.alive():
+        return current
+    server = RedisServer(
+        settings.home.absolute() / "redis", port=settings.redis_port, host=settings.host
+    )
+    server.start()
+    return _detach(server, server.url)
+
+
+def _up_gateway(
+    settings: StackSettings,
+    triton: TritonState,
+    redis_url: str | None,
+    current: ServiceState | None,
+) -> ServiceState:
+    if current is not None and current.alive():
+        return current
+    directory = settings.home.absolute() / "gateway"
+    tenants_file, _ = ensure_dev_tenant(directory)
+    env = {"GATEWAY_ENVIRONMENT": "development"}
+    tokenizers = sorted(
+        settings.model_repository.absolute().glob("minilm/[0-9]*/tokenizer.json"),
+        key=lambda p: int(p.parent.name),
+    )
+    if tokenizers:
+        env["GATEWAY_EMBEDDINGS_TOKENIZER"] = str(tokenizers[-1])
+    gateway = GatewayProcess(
+        directory,
+        triton_grpc_url=triton.grpc_url,
+        tenants_file=tenants_file,
+        redis_url=redis_url,
+        port=settings.gateway_port,
+        host=settings.host,
+        settings=env,
+    )
+    gateway.start()
+    return _detach(gateway, gateway.url)
+
+
 def down(settings: StackSettings) -> TritonState:
-    """Stop exactly what ``up`` started (Triton's process group) and forget it."""
+    """Stop exactly what ``up`` started (gateway, redis-server, Triton) and forget it."""
     state = read_state(settings)
     if state is None:
         raise StackNotRunningError(f"no stack recorded in {settings.state_file}")
+    for name in ("gateway", "redis"):
+        service = read_service(settings, name)
+        if service is not None:
+            stop_process_group(service.pid, settings.shutdown_timeout_s)
     stop_process_group(state.pid, settings.shutdown_timeout_s)
     settings.state_file.unlink(missing_ok=True)
     return state
+
+
+def dev_api_key(settings: StackSettings) -> str | None:
+    path = settings.home.absolute() / "gateway" / "dev-api-key"
+    return path.read_text().strip() if path.is_file() else None
 
 
 def status(settings: StackSettings) -> dict[str, Any]:
@@ -105,10 +243,11 @@ def status(settings: StackSettings) -> dict[str, Any]:
             "running": False,
             "state_file": str(settings.state_file),
             "triton": None,
+            "redis": None,
             "gateway": None,
         }
     alive = state.alive()
-    return {
+    info: dict[str, Any] = {
         "running": alive,
         "state_file": str(settings.state_file),
         "triton": {
@@ -121,5 +260,23 @@ def status(settings: StackSettings) -> dict[str, Any]:
             "model_repository": state.model_repository,
             "log": state.log,
         },
-        "gateway": None,  # the gateway (issue #3) records its URL and dev API key here
+        "redis": None,
+        "gateway": None,
     }
+    redis = read_service(settings, "redis")
+    if redis is not None:
+        info["redis"] = {"pid": redis.pid, "alive": redis.alive(), "url": redis.url}
+    gateway = read_service(settings, "gateway")
+    if gateway is not None:
+        gateway_alive = gateway.alive()
+        info["gateway"] = {
+            "pid": gateway.pid,
+            "alive": gateway_alive,
+            "ready": gateway_alive and http_ok(f"{gateway.url}/readyz"),
+            "url": gateway.url,
+            "metrics": f"{gateway.url}/metrics",
+            "docs": f"{gateway.url}/docs",
+            "dev_api_key": dev_api_key(settings),
+            "log": gateway.log,
+        }
+    return info

@@ -119,6 +119,7 @@ class TritonServer:
         shutdown_timeout_s: float = 30.0,
         model_control_mode: str = "none",
         extra_args: list[str] | None = None,
+        response_cache_bytes: int = 64 * 2**20,
     ) -> None:
         self.runtime = runtime
         self.model_repository = model_repository.absolute()
@@ -129,6 +130,7 @@ class TritonServer:
         self.shutdown_timeout_s = shutdown_timeout_s
         self.model_control_mode = model_control_mode
         self.extra_args = list(extra_args or [])
+        self.response_cache_bytes = response_cache_bytes  # models opt in (response_cache)
         self.log_path = self.work_dir / "tritonserver.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -163,6 +165,11 @@ class TritonServer:
             "--exit-on-error=true",
             "--disable-auto-complete-config",
             "--allow-gpu-metrics=false",
+            *(
+                [f"--cache-config=local,size={self.response_cache_bytes}"]
+                if self.response_cache_bytes
+                else []
+            ),
             *self.extra_args,
         ]
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from deploy.local import TritonRuntime
@@ -53,6 +54,21 @@ def test_up_status_infer_down(stack_env: dict[str, str]) -> None:
     assert triton["grpc"].startswith("127.0.0.1:") and triton["http"].startswith("http://127.0")
     assert str(triton["pid"]) in started.stdout + again.stdout
 
+    gateway, redis = info["gateway"], info["redis"]
+    assert gateway["ready"] and redis["alive"], info
+    key = gateway["dev_api_key"]
+    assert key.startswith("ts_") and f"Bearer {key}" in started.stdout  # curl examples
+    embedded = httpx.post(
+        f"{gateway['url']}/v1/embeddings",
+        json={"input": "through the gateway", "model": "minilm"},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert embedded.status_code == 200, embedded.text
+    assert len(embedded.json()["data"][0]["embedding"]) == 384
+    tenants = Path(stack_env["TRITONSTACK_HOME"]) / "gateway" / "tenants.toml"
+    assert key not in tenants.read_text()  # only its hash is stored
+
     for protocol in ("grpc", "http"):
         out = cli(
             stack_env, "infer", "hello world", "a second text", "--protocol", protocol, "--full"
@@ -63,8 +79,9 @@ def test_up_status_infer_down(stack_env: dict[str, str]) -> None:
 
     stopped = cli(stack_env, "down")
     assert stopped.returncode == 0, stopped.stderr
-    with pytest.raises(ProcessLookupError):
-        os.killpg(triton["pid"], 0)
+    for pid in (triton["pid"], gateway["pid"], redis["pid"]):
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)
     gone = cli(stack_env, "status", "--json")
     assert gone.returncode == 3 and json.loads(gone.stdout)["running"] is False
 

@@ -227,6 +227,7 @@ class TrainResult:
     version_dir: Path | None
     export_report: Path | None
     reused: bool = False
+    model: Any = None  # the trained DriverRanker (None when an earlier export was reused)
 
 
 def train_and_export(
@@ -273,4 +274,4 @@ def train_and_export(
     (settings.root / "training_report.json").write_text(
         json.dumps(report.as_dict(), indent=2, default=str) + "\n"
     )
-    return TrainResult(report, result.version_dir, result.report_path)
+    return TrainResult(report, result.version_dir, result.report_path, model=model)

@@ -17,7 +17,7 @@ test: setup lint  ## lint + the whole test suite (unit + integration against rea
 lint: setup
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
-	@$(VENV)/bin/mypy tritonstack export deploy gateway benchmarks
+	@$(VENV)/bin/mypy tritonstack export deploy gateway benchmarks features
 
 down:  ## stop what `make demo` / `tritonstack up` started
 	@$(VENV)/bin/tritonstack down

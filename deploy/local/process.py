@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from deploy.local.errors import DeployError
 from deploy.local.triton import log_tail, stop_process_group
@@ -60,7 +61,7 @@ class BackgroundProcess:
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def start(self) -> BackgroundProcess:
+    def start(self) -> Self:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -105,7 +106,7 @@ class BackgroundProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=1)
 
-    def __enter__(self) -> BackgroundProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(

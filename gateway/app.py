@@ -18,7 +18,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import embeddings, v2
+from features.online import OnlineFeatures, open_online_features
+from features.settings import FeatureSettings
+from gateway import embeddings, scoring, v2
 from gateway.cache import CachedResponse, LocalCache, RedisCache, ResponseCache, cache_key
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
@@ -42,6 +44,8 @@ class Services:
     cache: ResponseCache | None
     redis: Redis | None = None
     encoder: embeddings.TextEncoder | None = None
+    features: OnlineFeatures | None = None
+    feature_settings: FeatureSettings | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -260,6 +264,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         svc.encoder = embeddings.TextEncoder(
             tokenizer, settings.embeddings_max_tokens, settings.max_text_chars
         )
+        if settings.scoring_enabled:  # connects lazily: a missing store answers 503 per request
+            svc.feature_settings = FeatureSettings()
+            svc.features = open_online_features(svc.feature_settings)
         try:  # learn the main model's signature now; a Triton still starting is not fatal
             await svc.upstream.model(settings.embeddings_model)
         except GatewayError as exc:
@@ -268,6 +275,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             yield
         finally:
             await svc.upstream.close()
+            if svc.features is not None:
+                await svc.features.close()
             if svc.redis is not None:
                 await svc.redis.aclose()
 
@@ -321,7 +330,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @app.get("/readyz", tags=["health"])
     async def readyz(svc: ServicesDep) -> JSONResponse:
         """Triton ready, the served models ready, Redis reachable when configured."""
-        checks = await svc.upstream.ready([settings.embeddings_model])
+        models = [settings.embeddings_model]
+        if settings.ready_requires_features:
+            models.append(settings.scoring_model)
+        checks = await svc.upstream.ready(models)
+        if settings.ready_requires_features:
+            checks["features"] = svc.features is not None and await svc.features.ping()
         if svc.redis is not None:
             try:
                 checks["redis"] = bool(await svc.redis.ping())  # type: ignore[misc]
@@ -458,6 +472,28 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             answer = embeddings.build_response(vectors, ids, body)
             return CachedResponse(answer.model_dump_json().encode(), "application/json"), version
 
+        return await cached_call(request, svc, model, parts, produce, decision)
+
+    # -- feature-backed scoring ---------------------------------------------------------------
+    @app.post("/v1/score", tags=["features"], response_model=scoring.ScoreResponse)
+    async def score(
+        body: scoring.ScoreRequest, request: Request, svc: ServicesDep, tenant: TenantDep
+    ) -> Response:
+        """Scores of entities (drivers) from their online features, in request order."""
+        decision = await admit(request, svc, tenant, settings.scoring_model)
+        if svc.features is None or svc.feature_settings is None:
+            raise GatewayError(
+                503, "features_disabled", "feature-backed scoring is off (GATEWAY_SCORING_ENABLED)"
+            )
+        model = await svc.upstream.model(settings.scoring_model)
+        features = await scoring.model_input(svc.features, svc.feature_settings, body)
+
+        async def produce() -> tuple[CachedResponse, str]:
+            scores, version = await scoring.score(svc.upstream, model, features)
+            answer = scoring.build_response(model.name, version, features, scores, body)
+            return CachedResponse(answer.model_dump_json().encode(), "application/json"), version
+
+        parts = scoring.cache_parts(features, body)
         return await cached_call(request, svc, model, parts, produce, decision)
 
     return app

@@ -80,6 +80,10 @@ class GatewaySettings(BaseSettings):
     )
     embeddings_max_tokens: int = Field(256, ge=8)
     scoring_model: str = Field("driver_ranker", description="Triton model behind /v1/score")
+    scoring_enabled: bool = Field(True, description="open the feature store (FEATURES_*)")
+    ready_requires_features: bool = Field(
+        False, description="/readyz also needs the scoring model and the online store"
+    )
 
     # -- shutdown ---------------------------------------------------------------------------------
     drain_timeout_s: float = Field(20.0, ge=0, description="in-flight requests finish within")

@@ -18,6 +18,8 @@ from export.spec import ModelSpec
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
+# session fixtures of the feature store (Feast + stores + driver_ranker) and of the gateway
+pytest_plugins = ["tests.fixtures_features", "tests.fixtures_gateway"]
 
 
 @pytest.fixture(scope="session")

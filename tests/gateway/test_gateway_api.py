@@ -14,7 +14,7 @@ from tritonclient.utils import InferenceServerException
 
 from deploy.local.gateway import GatewayProcess
 from deploy.local.triton import TritonServer
-from tests.gateway.conftest import ALPHA_KEY, AUTH, BETA_KEY, token_inputs, v2_json_body
+from tests.fixtures_gateway import ALPHA_KEY, AUTH, BETA_KEY, token_inputs, v2_json_body
 from tritonstack.infer import Endpoint, TextEmbedder
 
 pytestmark = pytest.mark.integration

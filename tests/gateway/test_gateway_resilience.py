@@ -14,7 +14,7 @@ from deploy.local.gateway import GatewayProcess
 from deploy.local.redis import RedisServer
 from deploy.local.runtime import TritonRuntime
 from deploy.local.triton import TritonServer
-from tests.gateway.conftest import AUTH, LIMITED_BURST, LIMITED_KEY, StartGateway
+from tests.fixtures_gateway import AUTH, LIMITED_BURST, LIMITED_KEY, StartGateway
 
 pytestmark = pytest.mark.integration
 NO_CACHE = {**AUTH, "Cache-Control": "no-cache"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,39 +12,14 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from deploy.local import TritonRuntime, TritonServer
+from deploy.local import TritonServer
 from export.verify import FP32_BUDGET
 from features.online import open_online_features
 from features.schema import MODEL_FEATURES, build_model_input
 from features.train import TrainResult, predict, train_and_export
-from tests.integration.conftest import FeatureEnv
+from tests.fixtures_features import FeatureEnv
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def trained(sqlite_features: FeatureEnv, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
-    base = tmp_path_factory.mktemp("driver-ranker")
-    return train_and_export(
-        sqlite_features.settings,
-        base / "model_repository",
-        build_dir=base / "build",
-        store=sqlite_features.store,
-    )
-
-
-@pytest.fixture(scope="module")
-def ranker_triton(
-    runtime: TritonRuntime, trained: TrainResult, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TritonServer]:
-    assert trained.version_dir is not None
-    repository = trained.version_dir.parent.parent
-    server = TritonServer(
-        runtime, repository, work_dir=tmp_path_factory.mktemp("triton-ranker"),
-        startup_timeout_s=120,
-    )  # fmt: skip
-    with server:
-        yield server
 
 
 def test_model_beats_the_base_rate(trained: TrainResult, sqlite_features: FeatureEnv) -> None:

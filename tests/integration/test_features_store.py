@@ -36,7 +36,7 @@ from features.schema import (
 )
 from features.store import apply
 from features.train import features_matrix
-from tests.integration.conftest import FeatureEnv
+from tests.fixtures_features import FeatureEnv
 
 pytestmark = pytest.mark.integration
 NEVER_SEEN = 987_654

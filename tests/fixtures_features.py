@@ -1,8 +1,10 @@
-"""Feature-store fixtures (issue 4): one small generated dataset per store, applied and
-materialized once per session, for SQLite (embedded) and a real redis-server."""
+"""Feature-store fixtures: one small generated dataset per store, applied and materialized once
+per session, for SQLite (embedded) and a real redis-server; the trained driver_ranker and a
+Triton serving it. Registered as a plugin by tests/conftest.py."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from deploy.local import TritonRuntime, TritonServer
 from features.data import Dataset, DatasetSpec, generate
 from features.repo import FEATURE_TTL
 from features.settings import FeatureSettings
+from features.train import TrainResult, train_and_export
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -62,3 +66,28 @@ def feature_env(request: pytest.FixtureRequest) -> FeatureEnv:
     """Each test using it runs against both online stores."""
     env: FeatureEnv = request.getfixturevalue(f"{request.param}_features")
     return env
+
+
+@pytest.fixture(scope="session")
+def trained(sqlite_features: FeatureEnv, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    base = tmp_path_factory.mktemp("driver-ranker")
+    return train_and_export(
+        sqlite_features.settings,
+        base / "model_repository",
+        build_dir=base / "build",
+        store=sqlite_features.store,
+    )
+
+
+@pytest.fixture(scope="session")
+def ranker_triton(
+    runtime: TritonRuntime, trained: TrainResult, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TritonServer]:
+    assert trained.version_dir is not None
+    repository = trained.version_dir.parent.parent
+    server = TritonServer(
+        runtime, repository, work_dir=tmp_path_factory.mktemp("triton-ranker"),
+        startup_timeout_s=120,
+    )  # fmt: skip
+    with server:
+        yield server

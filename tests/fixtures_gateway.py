@@ -1,4 +1,7 @@
-"""Gateway fixtures: real gateway processes in front of the real Triton and a real Redis."""
+"""Gateway fixtures: real gateway processes in front of the real Triton and a real Redis.
+
+Registered as a plugin by tests/conftest.py, so every test directory can use them.
+"""
 
 from __future__ import annotations
 
@@ -40,8 +43,15 @@ def start_gateway(
     """Start gateway processes with test tenants; all are stopped at the end of the session."""
     started: list[GatewayProcess] = []
 
-    def start(triton_grpc_url: str, redis_url: str | None = None, **settings: object):
+    def start(
+        triton_grpc_url: str,
+        redis_url: str | None = None,
+        extra_env: dict[str, str] | None = None,
+        **settings: object,
+    ) -> GatewayProcess:
         env = {f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()}
+        env.update(extra_env or {})
+        env.setdefault("GATEWAY_SCORING_ENABLED", "false")  # the scoring tests turn it on
         env.setdefault("GATEWAY_TENANTS", TENANTS_JSON)
         env.setdefault("GATEWAY_EMBEDDINGS_TOKENIZER", str(tokenizer_json))
         process = GatewayProcess(

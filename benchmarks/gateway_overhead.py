@@ -1,0 +1,333 @@
+"""Gateway overhead: the same load directly to Triton (gRPC) and through the gateway, one run.
+
+``python -m benchmarks.gateway_overhead --save benchmarks/results``
+
+Starts its own Triton (the exported ``model_repository``), redis-server and gateway on free
+loopback ports, then drives each target with the same closed-loop async load generator (N
+workers, each sending its next request when the last one answered), interleaving targets over
+repeats so that machine noise spreads evenly:
+
+- ``triton-grpc``: ``tritonclient.grpc.aio`` straight to Triton (the reference);
+- ``gateway-v2-miss``: ``POST /v2/models/minilm/infer`` with binary tensors (what
+  ``tritonclient.http`` sends), every request a new input, so neither the gateway's cache nor
+  Triton's response cache can answer;
+- ``gateway-embeddings-miss``: ``POST /v1/embeddings`` with a new sentence per request
+  (tokenization in the gateway included);
+- ``gateway-v2-hit``: the same request again and again (the gateway's cache answers).
+
+Why an async Python generator and not wrk/hey/locust: one tool must drive gRPC and HTTP with
+identical statistics, and it must make a fresh input per request (wrk needs Lua for that and
+has no gRPC; locust's per-user overhead dominates at these latencies on 2 cores).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import platform
+import secrets
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+from typing import cast
+
+import httpx
+import numpy as np
+import tritonclient.grpc.aio as grpcaio
+import typer
+from rich.console import Console
+from rich.table import Table
+from tritonclient import grpc as grpcclient
+
+from deploy.local.gateway import GatewayProcess
+from deploy.local.redis import RedisServer
+from deploy.local.runtime import TritonRuntime
+from deploy.local.settings import StackSettings
+from deploy.local.triton import TritonServer
+
+SEQ = 16  # tokens per request, like the perf_analyzer sweep
+VOCAB = (1000, 29000)  # ordinary word-piece ids
+WORDS = (
+    "serving", "model", "triton", "gateway", "cache", "batch", "queue", "latency", "tensor",
+)  # fmt: skip
+
+
+@dataclass
+class Point:
+    target: str
+    concurrency: int
+    repeat: int
+    requests: int
+    errors: int
+    seconds: float
+    throughput: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+def _ids(rng: np.random.Generator) -> np.ndarray:
+    ids = rng.integers(*VOCAB, size=(1, SEQ), dtype=np.int64)
+    ids[0, 0], ids[0, -1] = 101, 102
+    return ids
+
+
+def _binary_body(ids: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    arrays = [ids, np.ones_like(ids), np.zeros_like(ids)]
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    head = json.dumps(
+        {
+            "inputs": [
+                {"name": n, "datatype": "INT64", "shape": list(a.shape),
+                 "parameters": {"binary_data_size": a.nbytes}}
+                for n, a in zip(names, arrays, strict=True)
+            ],
+            "outputs": [{"name": "sentence_embedding", "parameters": {"binary_data": True}}],
+        }
+    ).encode()  # fmt: skip
+    body = head + b"".join(a.tobytes() for a in arrays)
+    return body, {"Inference-Header-Content-Length": str(len(head))}
+
+
+async def _closed_loop(
+    send: Callable[[int], Awaitable[bool]], concurrency: int, seconds: float, warmup_s: float
+) -> tuple[list[float], int, float]:
+    latencies: list[float] = []
+    errors = 0
+    counter = 0
+    start = time.perf_counter()
+    measure_from = start + warmup_s
+    stop_at = measure_from + seconds
+
+    async def worker() -> None:
+        nonlocal errors, counter
+        while (now := time.perf_counter()) < stop_at:
+            counter += 1
+            ok = await send(counter)
+            done = time.perf_counter()
+            if now >= measure_from:
+                latencies.append(done - now)
+                errors += not ok
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, errors, time.perf_counter() - measure_from
+
+
+def _point(target: str, c: int, r: int, lat: list[float], errors: int, secs: float) -> Point:
+    ms = np.array(lat) * 1000 if lat else np.array([float("nan")])
+    return Point(
+        target, c, r, len(lat), errors, round(secs, 2), round(len(lat) / secs, 1),
+        *(round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)),
+    )  # fmt: skip
+
+
+async def _run_target(
+    target: str, triton_url: str, gateway_url: str, key: str, c: int, seconds: float, seed: int
+) -> tuple[list[float], int, float]:
+    rng = np.random.default_rng(seed)
+    auth = {"Authorization": f"Bearer {key}"}
+    if target == "triton-grpc":
+        client = grpcaio.InferenceServerClient(triton_url)
+
+        async def send_grpc(_: int) -> bool:
+            ids = _ids(rng)
+            tensors = []
+            for name, array in (
+                ("input_ids", ids),
+                ("attention_mask", np.ones_like(ids)),
+                ("token_type_ids", np.zeros_like(ids)),
+            ):
+                tensor = grpcclient.InferInput(name, list(array.shape), "INT64")
+                tensor.set_data_from_numpy(array)
+                tensors.append(tensor)
+            try:
+                await client.infer("minilm", tensors, client_timeout=30)
+            except Exception:
+                return False
+            return True
+
+        try:
+            return await _closed_loop(send_grpc, c, seconds, 1.0)
+        finally:
+            await client.close()
+
+    limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
+    async with httpx.AsyncClient(base_url=gateway_url, limits=limits, timeout=30) as http:
+        fixed_body, fixed_headers = _binary_body(_ids(rng))
+
+        async def send_http(i: int) -> bool:
+            if target == "gateway-v2-miss":
+                body, headers = _binary_body(_ids(rng))
+                r = await http.post(
+                    "/v2/models/minilm/infer", content=body, headers={**auth, **headers}
+                )
+            elif target == "gateway-v2-hit":
+                r = await http.post(
+                    "/v2/models/minilm/infer", content=fixed_body, headers={**auth, **fixed_headers}
+                )
+            else:
+                text = " ".join(rng.choice(WORDS, size=10)) + f" {seed}-{i}"
+                r = await http.post(
+                    "/v1/embeddings", json={"input": text, "model": "minilm"}, headers=auth
+                )
+            return r.status_code == 200
+
+        return await _closed_loop(send_http, c, seconds, 1.0)
+
+
+TARGETS = ("triton-grpc", "gateway-v2-miss", "gateway-embeddings-miss", "gateway-v2-hit")
+
+
+def main(
+    concurrency: str = typer.Option("1,16", help="comma-separated concurrency levels"),
+    seconds: float = typer.Option(8.0, help="measured seconds per point"),
+    repeats: int = typer.Option(2, min=1),
+    save: Path | None = typer.Option(None, help="directory for <date>-<host>-gateway.{json,md}"),
+) -> None:
+    console = Console()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on a kill too
+    settings = StackSettings()
+    levels = [int(c) for c in concurrency.split(",")]
+    with tempfile.TemporaryDirectory(prefix="tritonstack-bench-") as tmp:
+        work = Path(tmp)
+        triton = TritonServer(
+            TritonRuntime(settings.runtime_dir),
+            settings.model_repository,
+            work_dir=work / "triton",
+            model_control_mode="explicit",
+            extra_args=["--load-model=minilm"],
+        )
+        with triton, RedisServer(work / "redis") as redis:
+            key = "ts_" + secrets.token_urlsafe(32)  # a tenant the load cannot rate-limit
+            bench = {
+                "key_sha256": [hashlib.sha256(key.encode()).hexdigest()],
+                "rate_per_s": 1e6,
+                "burst": 10**6,
+            }
+            gateway = GatewayProcess(
+                work / "gateway",
+                triton_grpc_url=triton.grpc_url,
+                redis_url=redis.url,
+                settings={"GATEWAY_TENANTS": json.dumps({"bench": bench})},
+            )
+            with gateway:
+                points: list[Point] = []
+                for repeat in range(repeats):
+                    for c in levels:
+                        for target in TARGETS:
+                            lat, errors, secs = asyncio.run(
+                                _run_target(
+                                    target, triton.grpc_url, gateway.url, key, c, seconds,
+                                    seed=secrets.randbits(64),  # inputs never repeat
+                                )
+                            )  # fmt: skip
+                            point = _point(target, c, repeat, lat, errors, secs)
+                            console.print(point)
+                            points.append(point)
+    summary = _summarize(points, levels)
+    console.print(_table(summary))
+    if save is not None:
+        _save(save, points, summary, concurrency, seconds, repeats)
+
+
+def _summarize(points: list[Point], levels: list[int]) -> list[dict[str, object]]:
+    rows = []
+    for c in levels:
+        base = [p for p in points if p.concurrency == c and p.target == "triton-grpc"]
+        base_tp = statistics.median(p.throughput for p in base)
+        base_p50 = statistics.median(p.p50_ms for p in base)
+        for target in TARGETS:
+            mine = [p for p in points if p.concurrency == c and p.target == target]
+            tp = [p.throughput for p in mine]
+            rows.append(
+                {
+                    "target": target,
+                    "concurrency": c,
+                    "throughput": statistics.median(tp),
+                    "throughput_range": [min(tp), max(tp)],
+                    "vs_triton": round(statistics.median(tp) / base_tp, 3),
+                    "p50_ms": statistics.median(p.p50_ms for p in mine),
+                    "added_p50_ms": round(statistics.median(p.p50_ms for p in mine) - base_p50, 2),
+                    "p99_ms": max(p.p99_ms for p in mine),
+                    "errors": sum(p.errors for p in mine),
+                }
+            )
+    return rows
+
+
+def _table(rows: list[dict[str, object]]) -> Table:
+    table = Table(title="gateway overhead (median of repeats; range in brackets)")
+    for col in ("target", "c", "req/s", "vs triton", "p50 ms", "+p50 ms", "p99 ms", "errors"):
+        table.add_column(col)
+    for r in rows:
+        low, high = cast(list[float], r["throughput_range"])
+        table.add_row(
+            str(r["target"]), str(r["concurrency"]), f"{r['throughput']} [{low}-{high}]",
+            f"{r['vs_triton']:.2f}x", str(r["p50_ms"]), str(r["added_p50_ms"]), str(r["p99_ms"]),
+            str(r["errors"]),
+        )  # fmt: skip
+    return table
+
+
+def _machine() -> str:
+    import os
+
+    return (
+        f"{platform.node()}: {os.cpu_count()} CPU cores ({platform.processor() or 'x86_64'}), "
+        f"no GPU, {platform.platform()}, Python {platform.python_version()}; load generator, "
+        "gateway, Redis and Triton share the same cores"
+    )
+
+
+def _save(
+    directory: Path,
+    points: list[Point],
+    summary: list[dict[str, object]],
+    concurrency: str,
+    seconds: float,
+    repeats: int,
+) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = directory / f"{date.today().isoformat()}-vm-gateway"
+    command = (
+        f"python -m benchmarks.gateway_overhead --concurrency {concurrency} "
+        f"--seconds {seconds:g} --repeats {repeats} --save {directory}"
+    )
+    stem.with_suffix(".json").write_text(
+        json.dumps(
+            {"machine": _machine(), "command": command, "summary": summary,
+             "points": [asdict(p) for p in points]},
+            indent=2,
+        ) + "\n"
+    )  # fmt: skip
+    lines = [
+        "# Gateway overhead: direct Triton gRPC vs through the gateway",
+        "",
+        f"Machine: {_machine()}.",
+        f"Command: `{command}`. Model: MiniLM (python backend + ONNX Runtime), {SEQ} tokens, "
+        "batch 1 per request, a fresh random input per request for every *miss* target.",
+        "",
+        "| target | concurrency | req/s (median [range]) | vs Triton gRPC | p50 ms | added p50 ms "
+        "| p99 ms (worst) | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary:
+        low, high = cast(list[float], r["throughput_range"])
+        lines.append(
+            f"| {r['target']} | {r['concurrency']} | {r['throughput']} [{low}-{high}] | "
+            f"{r['vs_triton']:.2f}x | {r['p50_ms']} | {r['added_p50_ms']} | {r['p99_ms']} | "
+            f"{r['errors']} |"
+        )
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    Console().print(f"wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -76,6 +77,28 @@ class ResilientRateLimiter:
                 ) from exc  # fmt: skip
             log.warning("rate limiter: Redis unreachable, using the in-process limiter: %s", exc)
             return await self.local.hit(tenant.name, rate, burst)
+
+
+async def open_features(svc: Services) -> OnlineFeatures:
+    """The online store reader, opened on first use (and again after a failed open)."""
+    if svc.features is not None:
+        return svc.features
+    if svc.feature_settings is None:
+        raise GatewayError(
+            503, "features_disabled", "feature-backed scoring is off (GATEWAY_SCORING_ENABLED)"
+        )
+    try:
+        svc.features = await asyncio.to_thread(open_online_features, svc.feature_settings)
+    except Exception as exc:  # Feast raises many kinds; all mean "not usable"
+        log.warning("feature store not available: %s", exc)
+        raise GatewayError(
+            503,
+            "features_unavailable",
+            f"the feature store is not available ({type(exc).__name__}); set it up with "
+            "`tritonstack features apply` and `tritonstack features materialize`",
+            headers={"Retry-After": "5"},
+        ) from None
+    return svc.features
 
 
 def services(request: Request) -> Services:
@@ -182,13 +205,33 @@ async def authenticated(request: Request, svc: ServicesDep) -> Tenant:
 TenantDep = Annotated[Tenant, Depends(authenticated)]
 
 
-async def admit(request: Request, svc: Services, tenant: Tenant, model: str) -> Decision:
-    """403 for a model the tenant may not use, 429 past its rate; returns the rate decision."""
+def start_admission(
+    request: Request, svc: Services, tenant: Tenant, model: str
+) -> asyncio.Task[Decision]:
+    """403 now for a model the tenant may not use; the rate-limit check starts in the background
+    (one Redis round trip that overlaps request parsing and the cache lookup)."""
     request.state.model = model
     if not tenant.config.may_use(model):
         svc.metrics.auth_failures.labels(reason="forbidden_model").inc()
         raise GatewayError(403, "forbidden", f"this API key may not use model {model!r}")
-    decision = await svc.limiter.hit(tenant)
+    task = asyncio.ensure_future(svc.limiter.hit(tenant))
+    task.add_done_callback(_retrieve)  # a request that fails validation never awaits it
+    return task
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def admit(request: Request, svc: Services, tenant: Tenant, model: str) -> Decision:
+    """403 for a model the tenant may not use, 429 past its rate; returns the rate decision."""
+    return await settle(svc, tenant, start_admission(request, svc, tenant, model))
+
+
+async def settle(svc: Services, tenant: Tenant, admission: Awaitable[Decision]) -> Decision:
+    """The rate decision, or 429 with ``Retry-After`` and ``RateLimit-*`` headers."""
+    decision = await admission
     if not decision.allowed:
         svc.metrics.rate_limited.labels(tenant=tenant.name).inc()
         raise GatewayError(
@@ -212,18 +255,21 @@ async def cached_call(
     model: ModelInfo,
     parts: list[bytes],
     produce: Any,
-    decision: Decision,
+    tenant: Tenant,
+    admission: Awaitable[Decision],
 ) -> Response:
     """Serve from the response cache, or call ``produce()`` and fill the cache."""
     cache = svc.cache if svc.settings.cache_enabled else None
     key = cache_key(model.name, model.version, *parts)
     result = "bypass"
     if cache is not None and not _bypass_cache(request):
-        hit = await cache.get(key)
+        decision, hit = await asyncio.gather(settle(svc, tenant, admission), cache.get(key))
         if hit is not None:
             svc.metrics.cache.labels(layer=cache.layer, result="hit").inc()
             return _respond(hit, decision, "HIT")
         result = "miss"
+    else:
+        decision = await settle(svc, tenant, admission)
     if cache is not None:
         svc.metrics.cache.labels(layer=cache.layer, result=result).inc()
     answer, version = await produce()
@@ -234,6 +280,7 @@ async def cached_call(
     ):
         if version and version != model.version:  # a new version is live: learn it
             model = await svc.upstream.model(model.name, refresh=True)
+        # awaited (one Redis round trip): the next identical request is then a hit for sure
         await cache.put(cache_key(model.name, version or model.version, *parts), answer)
     return _respond(answer, decision, result.upper())
 
@@ -264,9 +311,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         svc.encoder = embeddings.TextEncoder(
             tokenizer, settings.embeddings_max_tokens, settings.max_text_chars
         )
-        if settings.scoring_enabled:  # connects lazily: a missing store answers 503 per request
+        if settings.scoring_enabled:  # a store not set up yet answers 503 on /v1/score only
             svc.feature_settings = FeatureSettings()
-            svc.features = open_online_features(svc.feature_settings)
+            with contextlib.suppress(GatewayError):
+                await open_features(svc)
         try:  # learn the main model's signature now; a Triton still starting is not fatal
             await svc.upstream.model(settings.embeddings_model)
         except GatewayError as exc:
@@ -335,7 +383,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             models.append(settings.scoring_model)
         checks = await svc.upstream.ready(models)
         if settings.ready_requires_features:
-            checks["features"] = svc.features is not None and await svc.features.ping()
+            try:
+                checks["features"] = await (await open_features(svc)).ping()
+            except GatewayError:
+                checks["features"] = False
         if svc.redis is not None:
             try:
                 checks["redis"] = bool(await svc.redis.ping())  # type: ignore[misc]
@@ -398,7 +449,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         model_name: str, request: Request, svc: ServicesDep, tenant: TenantDep
     ) -> Response:
         """Inference in the Open Inference Protocol (JSON or binary tensor data)."""
-        decision = await admit(request, svc, tenant, model_name)
+        admission = start_admission(request, svc, tenant, model_name)
         model = await svc.upstream.model(model_name)
         body = await request.body()
         parsed = v2.parse_infer_request(
@@ -424,7 +475,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             )
             return binary, version
 
-        return await cached_call(request, svc, model, parsed.cache_parts(), produce, decision)
+        parts = parsed.cache_parts()
+        return await cached_call(request, svc, model, parts, produce, tenant, admission)
 
     # -- OpenAI-compatible embeddings ----------------------------------------------------------
     @app.post("/v1/embeddings", tags=["openai"], response_model=embeddings.EmbeddingsResponse)
@@ -441,7 +493,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 f"{settings.embeddings_aliases}",
                 param="model",
             )
-        decision = await admit(request, svc, tenant, target)
+        admission = start_admission(request, svc, tenant, target)
         texts = [body.input] if isinstance(body.input, str) else body.input
         if not 1 <= len(texts) <= settings.max_embedding_inputs:
             raise GatewayError(
@@ -472,7 +524,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             answer = embeddings.build_response(vectors, ids, body)
             return CachedResponse(answer.model_dump_json().encode(), "application/json"), version
 
-        return await cached_call(request, svc, model, parts, produce, decision)
+        return await cached_call(request, svc, model, parts, produce, tenant, admission)
 
     # -- feature-backed scoring ---------------------------------------------------------------
     @app.post("/v1/score", tags=["features"], response_model=scoring.ScoreResponse)
@@ -480,13 +532,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         body: scoring.ScoreRequest, request: Request, svc: ServicesDep, tenant: TenantDep
     ) -> Response:
         """Scores of entities (drivers) from their online features, in request order."""
-        decision = await admit(request, svc, tenant, settings.scoring_model)
-        if svc.features is None or svc.feature_settings is None:
-            raise GatewayError(
-                503, "features_disabled", "feature-backed scoring is off (GATEWAY_SCORING_ENABLED)"
-            )
+        admission = start_admission(request, svc, tenant, settings.scoring_model)
+        reader = await open_features(svc)
+        assert svc.feature_settings is not None
         model = await svc.upstream.model(settings.scoring_model)
-        features = await scoring.model_input(svc.features, svc.feature_settings, body)
+        features = await scoring.model_input(reader, svc.feature_settings, body)
 
         async def produce() -> tuple[CachedResponse, str]:
             scores, version = await scoring.score(svc.upstream, model, features)
@@ -494,6 +544,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             return CachedResponse(answer.model_dump_json().encode(), "application/json"), version
 
         parts = scoring.cache_parts(features, body)
-        return await cached_call(request, svc, model, parts, produce, decision)
+        return await cached_call(request, svc, model, parts, produce, tenant, admission)
 
     return app

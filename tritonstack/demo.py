@@ -30,6 +30,7 @@ SENTENCES = [
     "Embeddings of similar sentences point in similar directions.",
 ]
 COSINE_FLOOR = 0.9999
+DRIVERS = [1001, 1003, 1005, 1007]  # active drivers of the generated data (features/data.py)
 
 
 def installed_export_is_current(repository: Path, name: str = "minilm") -> bool:
@@ -220,10 +221,62 @@ def save_results(directory: Path, points: list, commands: list[str]) -> list[Pat
     return [stem.with_suffix(".json"), stem.with_suffix(".md")]
 
 
+def _features(console: Console, settings: StackSettings) -> bool:
+    """Driver statistics into Feast (SQLite online store), then the driver_ranker trained on
+    point-in-time features and exported next to MiniLM."""
+    import typer
+
+    from features import cli as features_cli
+
+    console.print("1b. features: generate -> apply -> materialize -> train driver_ranker")
+    try:
+        features_cli.generate()
+        features_cli.apply()
+        features_cli.materialize()
+        features_cli.train(repository=settings.model_repository)
+    except typer.Exit:
+        return False
+    return True
+
+
+def _score(console: Console, url: str, key: str) -> bool:
+    """``POST /v1/score`` through the gateway: online features -> driver_ranker."""
+    import httpx
+
+    response = httpx.post(
+        f"{url}/v1/score",
+        json={"entity_ids": DRIVERS, "include_features": True, "include_timestamps": True},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    if response.status_code != 200:
+        console.print(f"[red]5. scoring failed[/]: {response.status_code} {response.text}")
+        return False
+    table = Table(title="5. driver scores through the gateway (features from the online store)")
+    for column in ("driver", "score", "features", "as of"):
+        table.add_column(column)
+    for row in response.json()["scores"]:
+        values = ", ".join(f"{k}={v:.3g}" for k, v in row["features"].items())
+        table.add_row(str(row["entity_id"]), f"{row['score']:.3f}", values, row["event_timestamp"])
+    console.print(table)
+    unknown = httpx.post(
+        f"{url}/v1/score",
+        json={"entity_ids": [424242]},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    console.print(
+        f"   unknown driver 424242 -> {unknown.status_code}: {unknown.json()['error']['message']}"
+    )
+    return unknown.status_code == 404
+
+
 def run_demo(console: Console) -> int:
     """Run every step; return the exit code (0: all green)."""
     settings = StackSettings()
     if not _export(console, settings):
+        return 1
+    if not _features(console, settings):
         return 1
     with console.status("2. tritonstack up"):
         state = stack.up(settings)
@@ -239,6 +292,8 @@ def run_demo(console: Console) -> int:
     ok = _embed_both(console, state, tokenizer, (gateway.url, key) if gateway else None)
     console.print("4. perf_analyzer sweep")
     ok = perf_sweep(console, settings, state, [1, 4]) and ok
+    if gateway is not None:
+        ok = _score(console, gateway.url, key) and ok
     summary = (
         f"Triton gRPC  {state.grpc_url}\nTriton HTTP  http://{state.http_url}\n"
         f"metrics      http://{state.host}:{state.metrics_port}/metrics\n"

@@ -30,7 +30,12 @@ class StackSettings(BaseSettings):
     gateway_port: int = Field(0, ge=0, le=65535)
     redis: bool = Field(True, description="start redis-server (False: in-process defaults)")
     redis_port: int = Field(0, ge=0, le=65535)
-    response_cache_bytes: int = Field(64 * 2**20, ge=0, description="Triton's cache; 0 = off")
+    response_cache_bytes: int = Field(
+        0,
+        ge=0,
+        description="Triton's response cache (--cache-config local,size=N); 0 = off locally so "
+        "that perf_analyzer measures the model, not the cache",
+    )
     startup_timeout_s: float = Field(180.0, gt=0)
     shutdown_timeout_s: float = Field(30.0, gt=0)
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from deploy.local.errors import StackNotRunningError
+from deploy.local.errors import StackNotRunningError, TritonStartError
 from deploy.local.gateway import GatewayProcess, ensure_dev_tenant, http_ok
 from deploy.local.process import BackgroundProcess
 from deploy.local.redis import RedisServer
@@ -125,19 +127,22 @@ def servable_models(repository: Path) -> tuple[list[str], list[str]]:
 
 
 def _up_triton(settings: StackSettings, extra_args: list[str] | None) -> TritonState:
+    ready, _ = servable_models(settings.model_repository)
     current = read_state(settings)
     if current is not None and current.alive():
+        for name in ready:  # exported since the server started: load it (explicit mode)
+            _load_model(current, name)
         return current
     home = settings.home.absolute()
-    ready, unexported = servable_models(settings.model_repository)
     if not ready:
         raise StackNotRunningError(
             f"no exported model in {settings.model_repository}: run `tritonstack export` first"
         )
-    mode = "none"
-    if unexported:  # tracked configs whose artefacts are not built yet: load the others only
-        mode = "explicit"
-        extra_args = [*(f"--load-model={name}" for name in ready), *(extra_args or [])]
+    # Explicit model control: only models with an exported version load (a tracked config
+    # whose artefacts are not built yet is skipped), and later exports load into a running
+    # server through the repository API.
+    mode = "explicit"
+    extra_args = [*(f"--load-model={name}" for name in ready), *(extra_args or [])]
     server = TritonServer(
         TritonRuntime(settings.runtime_dir),
         settings.model_repository,
@@ -169,6 +174,25 @@ def _up_triton(settings: StackSettings, extra_args: list[str] | None) -> TritonS
     return state
 
 
+def _load_model(state: TritonState, name: str) -> None:
+    base = f"http://{state.http_url}/v2"
+    try:
+        with urllib.request.urlopen(f"{base}/models/{name}/ready", timeout=2) as r:
+            if r.status == 200:
+                return
+    except (urllib.error.URLError, OSError):
+        pass
+    request = urllib.request.Request(f"{base}/repository/models/{name}/load", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=120):
+            return
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        raise TritonStartError(f"Triton could not load {name!r}: {detail}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise TritonStartError(f"Triton could not load {name!r}: {exc}") from None
+
+
 def _detach(process: BackgroundProcess, url: str) -> ServiceState:
     assert process.pid is not None
     state = ServiceState(process.pid, url, str(process.log_path), time.time())
@@ -196,7 +220,15 @@ def _up_gateway(
         return current
     directory = settings.home.absolute() / "gateway"
     tenants_file, _ = ensure_dev_tenant(directory)
-    env = {"GATEWAY_ENVIRONMENT": "development"}
+    env = {
+        "GATEWAY_ENVIRONMENT": "development",
+        # the feature store `tritonstack features ...` set up (SQLite unless FEATURES_REDIS_URL)
+        "FEATURES_STATE_DIR": os.environ.get(
+            "FEATURES_STATE_DIR", str(settings.home.absolute() / "features")
+        ),
+    }
+    if "driver_ranker" in servable_models(settings.model_repository)[0]:
+        env["GATEWAY_READY_REQUIRES_FEATURES"] = "true"
     tokenizers = sorted(
         settings.model_repository.absolute().glob("minilm/[0-9]*/tokenizer.json"),
         key=lambda p: int(p.parent.name),

@@ -119,7 +119,7 @@ class TritonServer:
         shutdown_timeout_s: float = 30.0,
         model_control_mode: str = "none",
         extra_args: list[str] | None = None,
-        response_cache_bytes: int = 64 * 2**20,
+        response_cache_bytes: int = 0,
     ) -> None:
         self.runtime = runtime
         self.model_repository = model_repository.absolute()

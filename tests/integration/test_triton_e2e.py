@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from deploy.local import TritonServer
+from deploy.local import TritonRuntime, TritonServer
 from export.pipeline import ExportResult
 from export.torch2onnx import sha256
 from tritonstack.infer import Endpoint, InferenceError, TextEmbedder, TritonTensorClient
@@ -209,3 +209,33 @@ def test_process_group_is_gone_after_stop(runtime, model_repository: Path, tmp_p
     server.stop()
     with pytest.raises(ProcessLookupError):
         os.killpg(pgid, 0)  # neither tritonserver nor any python-backend stub survives
+
+
+def test_triton_response_cache_answers_repeated_requests(
+    runtime: TritonRuntime, model_repository: Path, tmp_path: Path
+) -> None:
+    """The generated config enables Triton's response cache; a server with a cache uses it."""
+    server = TritonServer(
+        runtime, model_repository, work_dir=tmp_path, response_cache_bytes=16 * 2**20,
+        startup_timeout_s=120,
+    )  # fmt: skip
+    ids = np.array([[101, 2023, 2003, 1037, 3231, 102]], dtype=np.int64)
+    with server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        tensors = []
+        for name, array in (
+            ("input_ids", ids),
+            ("attention_mask", np.ones_like(ids)),
+            ("token_type_ids", np.zeros_like(ids)),
+        ):
+            tensor = grpcclient.InferInput(name, list(array.shape), "INT64")
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        first = client.infer("minilm", tensors).as_numpy("sentence_embedding")
+        second = client.infer("minilm", tensors).as_numpy("sentence_embedding")
+        stats = client.get_inference_statistics("minilm", as_json=True)
+        client.close()
+    np.testing.assert_array_equal(first, second)
+    model_stats = stats["model_stats"][0]
+    assert int(model_stats["inference_stats"]["cache_hit"]["count"]) == 1
+    assert int(model_stats["execution_count"]) == 1 + 1  # warm-up + the first request only

@@ -250,10 +250,10 @@ def _summarize(points: list[Point], levels: list[int]) -> list[dict[str, object]
                 {
                     "target": target,
                     "concurrency": c,
-                    "throughput": statistics.median(tp),
+                    "throughput": round(statistics.median(tp), 1),
                     "throughput_range": [min(tp), max(tp)],
                     "vs_triton": round(statistics.median(tp) / base_tp, 3),
-                    "p50_ms": statistics.median(p.p50_ms for p in mine),
+                    "p50_ms": round(statistics.median(p.p50_ms for p in mine), 2),
                     "added_p50_ms": round(statistics.median(p.p50_ms for p in mine) - base_p50, 2),
                     "p99_ms": max(p.p99_ms for p in mine),
                     "errors": sum(p.errors for p in mine),

@@ -77,7 +77,7 @@ class GatewayProcess(BackgroundProcess):
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        env = dict(os.environ)  # the user's GATEWAY_* settings apply; these few are ours
         env.update(
             GATEWAY_HOST=host,
             GATEWAY_PORT=str(self.port),

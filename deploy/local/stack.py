@@ -101,18 +101,15 @@ def up(settings: StackSettings, extra_args: list[str] | None = None) -> TritonSt
 
     Returns Triton's state; ``read_service(settings, "gateway"|"redis")`` gives the others.
     """
-    triton = _up_triton(settings, extra_args)
-    data = _read(settings)
+    triton = _up_triton(settings, extra_args)  # recorded as soon as it runs
     redis_url: str | None = None
     if settings.redis:
         redis = _up_redis(settings, read_service(settings, "redis"))
-        data["redis"] = asdict(redis)
+        _write(settings, {**_read(settings), "redis": asdict(redis)})  # `down` can stop it
         redis_url = redis.url
     if settings.gateway:
         gateway = _up_gateway(settings, triton, redis_url, read_service(settings, "gateway"))
-        data["gateway"] = asdict(gateway)
-    data["triton"] = asdict(triton)
-    _write(settings, data)
+        _write(settings, {**_read(settings), "gateway": asdict(gateway)})
     return triton
 
 

@@ -86,6 +86,21 @@ def test_up_status_infer_down(stack_env: dict[str, str]) -> None:
     assert gone.returncode == 3 and json.loads(gone.stdout)["running"] is False
 
 
+def test_failed_gateway_start_leaves_nothing_unrecorded(stack_env: dict[str, str]) -> None:
+    """A service that fails during `up` is reported; what did start is recorded, so `down`
+    stops it (no orphan redis-server)."""
+    started = cli({**stack_env, "GATEWAY_MAX_BODY_BYTES": "1"}, "up")  # invalid: >= 1024
+    assert started.returncode == 1
+    assert "max_body_bytes" in started.stderr  # the gateway's own message, via its log tail
+    info = json.loads(cli(stack_env, "status", "--json").stdout)
+    redis_pid = info["redis"]["pid"]
+    assert info["gateway"] is None and info["triton"]["alive"]
+    assert cli(stack_env, "down").returncode == 0
+    for pid in (redis_pid, info["triton"]["pid"]):
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)
+
+
 def test_infer_without_a_stack_says_what_to_do(stack_env: dict[str, str]) -> None:
     out = cli(stack_env, "infer", "hello")
     assert out.returncode == 1

@@ -92,6 +92,13 @@ class RedisCache:
         self._prefix = prefix
         self.errors = 0
 
+    @property
+    def redis(self) -> Redis:
+        return self._redis
+
+    def full_key(self, key: str) -> str:
+        return self._prefix + key
+
     async def get(self, key: str) -> CachedResponse | None:
         try:
             blob = await self._redis.get(self._prefix + key)

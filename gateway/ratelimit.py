@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,37 @@ class RedisRateLimiter:
         self._prefix = prefix
         self._script = redis.register_script(_GCRA_LUA)
 
+    @property
+    def redis(self) -> Redis:
+        return self._redis
+
     async def hit(self, key: str, rate: float, burst: int) -> Decision:
-        allowed, remaining, reset_us, retry_us = await self._script(
-            keys=[self._prefix + key], args=[rate, burst]
-        )
+        raw = await self._script(keys=[self._prefix + key], args=[rate, burst])
+        return self._decision(raw, burst)
+
+    async def hit_and_get(
+        self, key: str, rate: float, burst: int, get_key: str
+    ) -> tuple[Decision, bytes | None]:
+        """The rate decision and ``GET get_key`` in one round trip (a pipeline, no MULTI)."""
+        # EVALSHA queued by hand: a Script object in a pipeline makes redis-py send SCRIPT
+        # EXISTS first, on every execute (one more round trip per request, measured)
+        for attempt in (1, 2):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.evalsha(self._script.sha, 1, self._prefix + key, rate, burst)
+            pipe.get(get_key)
+            try:
+                raw, blob = await pipe.execute()
+            except NoScriptError:  # a restarted or flushed Redis: load it once, then retry
+                if attempt == 2:
+                    raise
+                await self._redis.script_load(_GCRA_LUA)
+                continue
+            return self._decision(raw, burst), blob
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _decision(raw: list[int], burst: int) -> Decision:
+        allowed, remaining, reset_us, retry_us = raw
         return Decision(
             bool(allowed), burst, int(remaining), int(reset_us) / 1e6, int(retry_us) / 1e6
         )

@@ -149,3 +149,13 @@ def test_triton_down_is_503_fast_and_service_recovers(
         client.close()
     finally:
         own.stop()
+
+
+def test_flushed_lua_script_is_reloaded(client: httpx.Client, redis_server: RedisServer) -> None:
+    """The rate-limit script runs by SHA in a pipeline; a Redis that lost it (restart, SCRIPT
+    FLUSH) gets it loaded again instead of failing requests."""
+    redis.Redis.from_url(redis_server.url).script_flush()
+    r = client.post("/v1/embeddings", json={"input": "after a script flush", "model": "minilm"},
+                    headers=AUTH)  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert int(r.headers["ratelimit-remaining"]) > 0

@@ -82,6 +82,9 @@ class ResilientRateLimiter:
         ):
             decision, hit = await asyncio.gather(self.hit(tenant), cache.get(key))
             return decision, hit
+        waiting = cache.pending(key)  # written by this process a moment ago, still in flight
+        if waiting is not None:
+            return await self.hit(tenant), waiting
         rate, burst = tenant.config.rate_per_s, tenant.config.burst
         try:
             decision, blob = await primary.hit_and_get(
@@ -312,7 +315,6 @@ async def cached_call(
     ):
         if version and version != model.version:  # a new version is live: learn it
             model = await svc.upstream.model(model.name, refresh=True)
-        # awaited (one Redis round trip): the next identical request is then a hit for sure
         await cache.put(cache_key(model.name, version or model.version, *parts), answer)
     return _respond(answer, decision, result.upper())
 
@@ -354,6 +356,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if isinstance(svc.cache, RedisCache):
+                await svc.cache.drain(timeout_s=1.0)
             await svc.upstream.close()
             if svc.features is not None:
                 await svc.features.close()

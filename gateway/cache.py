@@ -10,6 +10,7 @@ Two layers live in the stack (see README, "Which cache serves what"):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -82,15 +83,34 @@ class LocalCache:
 
 
 class RedisCache:
-    """Redis ``SET key value EX ttl``; a Redis error is a miss, never a failed request."""
+    """Redis ``SET key value EX ttl``; a Redis error is a miss, never a failed request.
+
+    Writes are write-behind: ``put`` returns at once and the ``SET`` runs in the background (the
+    answer does not wait for a Redis round trip); until it lands, this process answers the key
+    from its pending writes, so its own next identical request is a hit. At most
+    ``max_pending`` writes are in flight; past that, ``put`` waits for its write.
+    """
 
     layer = "redis"
 
-    def __init__(self, redis: Redis, ttl_s: int, prefix: str = "tritonstack:rc:") -> None:
+    def __init__(
+        self, redis: Redis, ttl_s: int, prefix: str = "tritonstack:rc:", max_pending: int = 1024
+    ) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
         self._prefix = prefix
+        self._max_pending = max_pending
+        self._pending: dict[str, CachedResponse] = {}
+        self._writes: set[asyncio.Task[None]] = set()
         self.errors = 0
+
+    def pending(self, key: str) -> CachedResponse | None:
+        return self._pending.get(key)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (bounded) for background writes, e.g. at shutdown."""
+        if self._writes:
+            await asyncio.wait(self._writes, timeout=timeout_s)
 
     @property
     def redis(self) -> Redis:
@@ -100,6 +120,9 @@ class RedisCache:
         return self._prefix + key
 
     async def get(self, key: str) -> CachedResponse | None:
+        waiting = self._pending.get(key)
+        if waiting is not None:
+            return waiting
         try:
             blob = await self._redis.get(self._prefix + key)
         except (RedisError, OSError) as exc:
@@ -109,8 +132,20 @@ class RedisCache:
         return CachedResponse.decode(blob) if blob else None
 
     async def put(self, key: str, value: CachedResponse) -> None:
+        if len(self._writes) >= self._max_pending:  # back-pressure instead of unbounded tasks
+            await self._write(key, value)
+            return
+        self._pending[key] = value
+        task = asyncio.ensure_future(self._write(key, value))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, key: str, value: CachedResponse) -> None:
         try:
             await self._redis.set(self._prefix + key, value.encode(), ex=self._ttl_s)
         except (RedisError, OSError) as exc:
             self.errors += 1
             log.warning("response cache write failed (answer not cached): %s", exc)
+        finally:
+            if self._pending.get(key) is value:
+                del self._pending[key]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -83,6 +83,10 @@ class GatewaySettings(BaseSettings):
     scoring_enabled: bool = Field(True, description="open the feature store (FEATURES_*)")
     ready_requires_features: bool = Field(
         False, description="/readyz also needs the scoring model and the online store"
+    )
+
+    event_loop: Literal["asyncio", "uvloop", "auto"] = Field(
+        "asyncio", description="uvicorn's loop; grpc.aio measured slower under uvloop"
     )
 
     # -- shutdown ---------------------------------------------------------------------------------

@@ -241,7 +241,10 @@ class Upstream:
                 retry_after_s=max(1, round(self.settings.breaker_cooldown_s)),
             )
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.settings.inflight_wait_s or 1e-3)
+            if self._slots.locked():  # full: wait a bounded time (wait_for costs a task)
+                await asyncio.wait_for(self._slots.acquire(), self.settings.inflight_wait_s or 1e-3)
+            else:
+                await self._slots.acquire()
         except TimeoutError:
             self.metrics.upstream_rejected.labels(reason="overloaded").inc()
             raise GatewayError(

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything tritonstack needs on a Debian 12 machine (no Docker, no GPU):
-#   1. Debian packages (libb64-0d: perf_analyzer; redis-server: gateway and feature store),
-#      installed when missing if we are root;
+#   1. Debian packages (libb64-0d: perf_analyzer; redis-server: gateway and feature store;
+#      prometheus: promtool and the local Prometheus; docker-compose: offline Compose checks),
+#      installed when missing if we are root, without recommends (docker-compose would
+#      otherwise pull in the docker.io engine, prometheus the node exporter);
 #   2. the gateway/export environment  .venv               (pyproject.toml, torch pinned on CPU);
 #   3. the Triton runtime environment  .tritonstack/runtime (requirements/triton-runtime.txt).
 # Each environment is rebuilt only when the files that define it change (a stamp holds their hash).
@@ -11,7 +13,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${TRITONSTACK_VENV:-.venv}
 RUNTIME=${TRITONSTACK_RUNTIME_ENV:-${TRITONSTACK_HOME:-.tritonstack}/runtime}
-DEBIAN_PACKAGES=(libb64-0d redis-server)
+DEBIAN_PACKAGES=(libb64-0d redis-server prometheus docker-compose)
 
 say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 quiet_pip() {  # pip, minus the noise of find-links folders this machine's pip.conf names
@@ -34,9 +36,9 @@ if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     say "installing Debian packages: ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "missing Debian packages: ${missing[*]}; run: sudo apt-get install -y ${missing[*]}" >&2
+    echo "missing Debian packages: ${missing[*]}; run: sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
     exit 1
   fi
 fi

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -12,10 +14,14 @@ import pytest
 from deploy.local.prometheus import RULES_DIR, PrometheusServer, host_port
 from deploy.local.redis import RedisServer
 from deploy.local.triton import TritonServer
+from deploy.validate.monitoring import dashboard_expressions, metric_names
 from tests.fixtures_gateway import AUTH, StartGateway, v2_json_body
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
+DASHBOARD = (
+    Path(__file__).resolve().parents[2] / "deploy/monitoring/grafana/dashboards/tritonstack.json"
+)
 P99 = "histogram_quantile(0.99, sum by (le) (rate(gateway_request_duration_seconds_bucket[1m])))"
 
 
@@ -91,3 +97,23 @@ def test_prometheus_sees_both_targets_up_and_the_gateway_latency(
     groups = server.api("rules")["groups"]
     assert {g["name"] for g in groups} == {"tritonstack.gateway", "tritonstack.triton"}
     assert all(rule["health"] != "err" for g in groups for rule in g["rules"]), groups
+
+
+def test_dashboard_triton_metrics_exist_on_the_real_server(
+    prometheus: tuple[PrometheusServer, str],
+) -> None:
+    """The dashboard's nv_* names are Triton's own (GPU, response-cache and summary metrics
+    appear only with a GPU, --cache-config or summary_latencies, off in this test server)."""
+    server, _ = prometheus
+    dashboard = json.loads(DASHBOARD.read_text())
+    used = set().union(*map(metric_names, dashboard_expressions(dashboard).values()))
+    optional = ("nv_gpu_", "nv_cache_", "_summary_us")
+    expected = {n for n in used if n.startswith("nv_") and not any(o in n for o in optional)}
+    assert len(expected) >= 6
+    present = _wait_for(
+        lambda: set(server.api("label/__name__/values")),
+        expected.issubset,
+        10,
+        "Triton metric names",
+    )
+    assert expected <= present

@@ -60,8 +60,11 @@ def prometheus(
         scrape_interval_s=1.0,
         rule_files=sorted(RULES_DIR.glob("*.rules.yml")),
     )
-    with server:
-        yield server, gateway.url
+    try:
+        with server:
+            yield server, gateway.url
+    finally:
+        gateway.stop()
 
 
 def test_prometheus_sees_both_targets_up_and_the_gateway_latency(

@@ -157,6 +157,9 @@ class Upstream:
                 ("grpc.max_send_message_length", _MAX_MESSAGE),
                 ("grpc.max_receive_message_length", _MAX_MESSAGE),
                 ("grpc.keepalive_time_ms", 30_000),
+                # with a dns:/// target naming a headless Service, spread calls over every
+                # Triton pod (a ClusterIP Service balances connections, not calls)
+                ("grpc.lb_policy_name", "round_robin"),
             ],
         )
 

@@ -17,11 +17,12 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from features.online import OnlineFeatures, open_online_features
 from features.settings import FeatureSettings
-from gateway import embeddings, scoring, v2
+from gateway import embeddings, errors, scoring, v2
 from gateway.cache import CachedResponse, LocalCache, RedisCache, ResponseCache, cache_key
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
@@ -400,6 +401,22 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         error = GatewayError(status, "invalid_request", "; ".join(problems[:5]))
         return JSONResponse(error.body(request.url.path.startswith("/v2")), status_code=status)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own errors (unknown route, wrong method, unparsable body) in our shape."""
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        error = GatewayError(
+            exc.status_code,
+            codes.get(exc.status_code, "invalid_request"),
+            str(exc.detail),
+            headers=dict(exc.headers or {}),
+        )
+        return JSONResponse(
+            error.body(request.url.path.startswith("/v2")),
+            status_code=exc.status_code,
+            headers=error.headers,
+        )
+
     @app.exception_handler(RecursionError)
     async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
         error = GatewayError(400, "invalid_request", "the JSON body is nested too deeply")
@@ -411,7 +428,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         """The process is alive (no upstream checks: restarts cure nothing upstream)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "not ready"}})
     async def readyz(svc: ServicesDep) -> JSONResponse:
         """Triton ready, the served models ready, Redis reachable when configured."""
         models = [settings.embeddings_model]
@@ -445,15 +462,16 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         }
 
     @app.get("/v2/health/live", tags=["v2"])
-    async def v2_live() -> Response:
-        return Response(status_code=200)
+    async def v2_live() -> dict[str, bool]:
+        return {"live": True}
 
-    @app.get("/v2/health/ready", tags=["v2"])
-    async def v2_ready(svc: ServicesDep) -> Response:
+    @app.get("/v2/health/ready", tags=["v2"], responses=errors.V2_ERRORS)
+    async def v2_ready(svc: ServicesDep) -> JSONResponse:
         checks = await svc.upstream.ready([])
-        return Response(status_code=200 if checks["triton"] else 503)
+        ready = checks["triton"]
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
-    @app.get("/v2/models/{model_name}", tags=["v2"])
+    @app.get("/v2/models/{model_name}", tags=["v2"], responses=errors.V2_ERRORS)
     async def model_metadata(
         model_name: str, request: Request, svc: ServicesDep, tenant: TenantDep
     ) -> JSONResponse:
@@ -461,14 +479,19 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         info = await svc.upstream.model(model_name)
         return JSONResponse(info.metadata(), headers=decision.headers())
 
-    @app.get("/v2/models/{model_name}/ready", tags=["v2"])
+    @app.get("/v2/models/{model_name}/ready", tags=["v2"], responses=errors.V2_ERRORS)
     async def model_ready(
         model_name: str, request: Request, svc: ServicesDep, tenant: TenantDep
     ) -> Response:
         decision = await admit(request, svc, tenant, model_name)
+        await svc.upstream.model(model_name)  # 404 for a model Triton does not know
         checks = await svc.upstream.ready([model_name])
         ok = checks[f"model:{model_name}"]
-        return Response(status_code=200 if ok else 503, headers=decision.headers())
+        return JSONResponse(
+            {"name": model_name, "ready": ok},
+            status_code=200 if ok else 503,
+            headers=decision.headers(),
+        )
 
     infer_body = {
         "requestBody": {
@@ -480,7 +503,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         }
     }
 
-    @app.post("/v2/models/{model_name}/infer", tags=["v2"], openapi_extra=infer_body)
+    @app.post(
+        "/v2/models/{model_name}/infer",
+        tags=["v2"],
+        openapi_extra=infer_body,
+        responses=errors.V2_ERRORS,
+    )
     async def infer(
         model_name: str, request: Request, svc: ServicesDep, tenant: TenantDep
     ) -> Response:
@@ -515,7 +543,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return await cached_call(request, svc, model, parts, produce, admission)
 
     # -- OpenAI-compatible embeddings ----------------------------------------------------------
-    @app.post("/v1/embeddings", tags=["openai"], response_model=embeddings.EmbeddingsResponse)
+    @app.post(
+        "/v1/embeddings",
+        tags=["openai"],
+        response_model=embeddings.EmbeddingsResponse,
+        responses=errors.ERRORS,
+    )
     async def create_embeddings(
         body: embeddings.EmbeddingsRequest, request: Request, svc: ServicesDep, tenant: TenantDep
     ) -> Response:
@@ -563,7 +596,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return await cached_call(request, svc, model, parts, produce, admission)
 
     # -- feature-backed scoring ---------------------------------------------------------------
-    @app.post("/v1/score", tags=["features"], response_model=scoring.ScoreResponse)
+    @app.post(
+        "/v1/score",
+        tags=["features"],
+        response_model=scoring.ScoreResponse,
+        responses=errors.ERRORS,
+    )
     async def score(
         body: scoring.ScoreRequest, request: Request, svc: ServicesDep, tenant: TenantDep
     ) -> Response:

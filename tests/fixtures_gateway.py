@@ -22,10 +22,12 @@ ALPHA_KEY = "ts_alpha-key-for-tests-0123456789abcdef"  # every model, generous l
 BETA_KEY = "ts_beta-key-for-tests-0123456789abcdef"  # only driver_ranker
 LIMITED_KEY = "ts_limited-key-for-tests-0123456789ab"  # burst 6, no refill during a test
 LIMITED_BURST = 6
+UNLIMITED_KEY = "ts_unlimited-key-for-load-tests-0123456789"  # load tests: no rate limit
 
 TENANTS = {
     "alpha": TenantConfig(key_sha256=[hash_key(ALPHA_KEY)], rate_per_s=1000, burst=2000),
     "beta": TenantConfig(key_sha256=[hash_key(BETA_KEY)], models=["driver_ranker"]),
+    "unlimited": TenantConfig(key_sha256=[hash_key(UNLIMITED_KEY)], rate_per_s=1e9, burst=10**9),
     "limited": TenantConfig(
         key_sha256=[hash_key(LIMITED_KEY)], rate_per_s=0.001, burst=LIMITED_BURST
     ),

@@ -1,0 +1,140 @@
+"""Reliability suite helpers: a closed-loop async load generator and the figures it reports.
+
+Every scenario records its figures with the ``figures`` fixture; at the end of the session they
+are printed and written as JSON + Markdown to ``TRITONSTACK_RELIABILITY_REPORT`` (a path stem;
+`make reliability` points it at benchmarks/results/), default ``.tritonstack/reliability``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+_FIGURES: dict[str, dict[str, Any]] = {}
+
+
+@dataclass
+class Outcome:
+    started: float  # monotonic seconds
+    finished: float
+    status: int | str  # HTTP status, or the exception class when no answer came
+    headers: dict[str, str] = field(default_factory=dict)  # names lower-cased
+    body: bytes = b""
+
+    @property
+    def latency_s(self) -> float:
+        return self.finished - self.started
+
+
+Send = Callable[[aiohttp.ClientSession, int], Awaitable[aiohttp.ClientResponse]]
+
+
+async def drive(
+    base_url: str,
+    send: Callable[[aiohttp.ClientSession, int], Any],
+    *,
+    clients: int,
+    requests_per_client: int | None = None,
+    until: Callable[[], bool] | None = None,
+    timeout_s: float = 30.0,
+) -> list[Outcome]:
+    """``clients`` concurrent loops; each sends until its quota is used or ``until()`` is true.
+
+    ``send(session, i)`` returns the context manager of one request (``session.post(...)``).
+    A request that gets no HTTP answer is recorded with the exception's class name.
+    """
+    outcomes: list[Outcome] = []
+    counter = 0
+    connector = aiohttp.TCPConnector(limit=clients)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(base_url, connector=connector, timeout=timeout) as session:
+
+        async def loop() -> None:
+            nonlocal counter
+            done = 0
+            while (requests_per_client is None or done < requests_per_client) and not (
+                until and until()
+            ):
+                counter += 1
+                started = time.monotonic()
+                try:
+                    async with send(session, counter) as response:
+                        body = await response.read()
+                        outcome = Outcome(
+                            started,
+                            time.monotonic(),
+                            response.status,
+                            {k.lower(): v for k, v in response.headers.items()},
+                            body,
+                        )
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    outcome = Outcome(started, time.monotonic(), type(exc).__name__)
+                outcomes.append(outcome)
+                done += 1
+
+        await asyncio.gather(*(loop() for _ in range(clients)))
+    return outcomes
+
+
+def summarize(outcomes: list[Outcome]) -> dict[str, Any]:
+    latencies = np.array([o.latency_s for o in outcomes]) * 1000 if outcomes else np.zeros(1)
+    return {
+        "sent": len(outcomes),
+        "by_status": dict(sorted(Counter(str(o.status) for o in outcomes).items())),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 1),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 1),
+        "max_ms": round(float(latencies.max()), 1),
+    }
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """This scenario's figures (kept only when they were recorded)."""
+    recorded: dict[str, Any] = {}
+    yield recorded
+    if recorded:
+        _FIGURES[request.node.name] = recorded
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _FIGURES:
+        return
+    terminalreporter.section("reliability figures")
+    for name, values in _FIGURES.items():
+        terminalreporter.write_line(f"{name}: {json.dumps(values)}")
+    stem = Path(
+        os.environ.get("TRITONSTACK_RELIABILITY_REPORT", ROOT / ".tritonstack" / "reliability")
+    )
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    machine = (
+        f"{os.cpu_count()} CPU cores, no GPU, {platform.platform()}, Python "
+        f"{platform.python_version()}; clients, gateway, Redis and Triton on the same machine"
+    )
+    data = {"date": date.today().isoformat(), "machine": machine, "scenarios": _FIGURES}
+    stem.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
+    lines = [
+        "# Reliability and security figures",
+        "",
+        f"Machine: {machine}. Command: `make reliability` (the same tests run in `make test`).",
+        "",
+        "| scenario | figures |",
+        "|---|---|",
+    ]
+    for name, values in _FIGURES.items():
+        lines.append(f"| {name} | {json.dumps(values).replace('|', '/')} |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    terminalreporter.write_line(f"written: {stem}.json, {stem}.md")

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 export PYTHON ?= python3
 
-.PHONY: setup demo test lint down clean
+.PHONY: setup demo test lint reliability down clean
 
 setup:  ## create/refresh the environments and Debian packages (idempotent)
 	@bash deploy/bootstrap.sh
@@ -13,6 +13,10 @@ demo: setup  ## export MiniLM, start Triton, embed over gRPC + REST, perf_analyz
 
 test: setup lint  ## lint + the whole test suite (unit + integration against real Triton)
 	@$(VENV)/bin/python -m pytest
+
+reliability: setup  ## the reliability/security scenarios alone, figures into benchmarks/results/
+	@TRITONSTACK_RELIABILITY_REPORT=benchmarks/results/$$(date +%F)-vm-reliability \
+		$(VENV)/bin/python -m pytest tests/reliability
 
 lint: setup
 	@$(VENV)/bin/ruff check .

@@ -160,6 +160,11 @@ class Upstream:
                 # with a dns:/// target naming a headless Service, spread calls over every
                 # Triton pod (a ClusterIP Service balances connections, not calls)
                 ("grpc.lb_policy_name", "round_robin"),
+                # reconnect within a second once Triton is back (gRPC's default backoff grows
+                # to minutes; measured: 2.9 s to recover after a 2.5 s outage)
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
             ],
         )
 

@@ -136,7 +136,7 @@ async def test_triton_killed_mid_load_fails_fast_and_recovers(
         outage_p50_ms=round(fast * 1000, 1),
         time_to_recover_ms=round((recovered - back_at) * 1000, 1),
     )
-    assert recovered - back_at < 5.0
+    assert recovered - back_at < 3.0  # reconnect backoff capped at 1 s in the gateway
     assert fast < 0.1  # the breaker answers at once instead of every request waiting
 
 

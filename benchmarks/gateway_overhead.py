@@ -34,9 +34,7 @@ import signal
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 from typing import cast
@@ -49,6 +47,10 @@ from rich.console import Console
 from rich.table import Table
 from tritonclient import grpc as grpcclient
 
+from benchmarks.loadgen import Point, random_ids
+from benchmarks.loadgen import binary_body as _binary_body
+from benchmarks.loadgen import closed_loop as _closed_loop
+from benchmarks.loadgen import make_point as _point
 from deploy.local.gateway import GatewayProcess
 from deploy.local.redis import RedisServer
 from deploy.local.runtime import TritonRuntime
@@ -56,79 +58,13 @@ from deploy.local.settings import StackSettings
 from deploy.local.triton import TritonServer
 
 SEQ = 16  # tokens per request, like the perf_analyzer sweep
-VOCAB = (1000, 29000)  # ordinary word-piece ids
 WORDS = (
     "serving", "model", "triton", "gateway", "cache", "batch", "queue", "latency", "tensor",
 )  # fmt: skip
 
 
-@dataclass
-class Point:
-    target: str
-    concurrency: int
-    repeat: int
-    requests: int
-    errors: int
-    seconds: float
-    throughput: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-
-
 def _ids(rng: np.random.Generator) -> np.ndarray:
-    ids = rng.integers(*VOCAB, size=(1, SEQ), dtype=np.int64)
-    ids[0, 0], ids[0, -1] = 101, 102
-    return ids
-
-
-def _binary_body(ids: np.ndarray) -> tuple[bytes, dict[str, str]]:
-    arrays = [ids, np.ones_like(ids), np.zeros_like(ids)]
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    head = json.dumps(
-        {
-            "inputs": [
-                {"name": n, "datatype": "INT64", "shape": list(a.shape),
-                 "parameters": {"binary_data_size": a.nbytes}}
-                for n, a in zip(names, arrays, strict=True)
-            ],
-            "outputs": [{"name": "sentence_embedding", "parameters": {"binary_data": True}}],
-        }
-    ).encode()  # fmt: skip
-    body = head + b"".join(a.tobytes() for a in arrays)
-    return body, {"Inference-Header-Content-Length": str(len(head))}
-
-
-async def _closed_loop(
-    send: Callable[[int], Awaitable[bool]], concurrency: int, seconds: float, warmup_s: float
-) -> tuple[list[float], int, float]:
-    latencies: list[float] = []
-    errors = 0
-    counter = 0
-    start = time.perf_counter()
-    measure_from = start + warmup_s
-    stop_at = measure_from + seconds
-
-    async def worker() -> None:
-        nonlocal errors, counter
-        while (now := time.perf_counter()) < stop_at:
-            counter += 1
-            ok = await send(counter)
-            done = time.perf_counter()
-            if now >= measure_from:
-                latencies.append(done - now)
-                errors += not ok
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, errors, time.perf_counter() - measure_from
-
-
-def _point(target: str, c: int, r: int, lat: list[float], errors: int, secs: float) -> Point:
-    ms = np.array(lat) * 1000 if lat else np.array([float("nan")])
-    return Point(
-        target, c, r, len(lat), errors, round(secs, 2), round(len(lat) / secs, 1),
-        *(round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)),
-    )  # fmt: skip
+    return random_ids(rng, SEQ)
 
 
 async def _run_target(

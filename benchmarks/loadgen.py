@@ -1,0 +1,91 @@
+"""The closed-loop async load generator shared by the benchmarks.
+
+N workers each send their next request as soon as the last one answered; the first
+``warmup_s`` seconds are not measured. The sender is any ``async (i) -> ok`` callable, so one
+loop drives gRPC (``tritonclient.grpc.aio``) and HTTP (aiohttp) with identical statistics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+VOCAB = (1000, 29000)  # ordinary word-piece ids
+CLS, SEP = 101, 102
+
+
+@dataclass
+class Point:
+    target: str
+    concurrency: int
+    repeat: int
+    requests: int
+    errors: int
+    seconds: float
+    throughput: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+def random_ids(rng: np.random.Generator, seq: int, batch: int = 1) -> np.ndarray:
+    """Fresh token ids ``[batch, seq]`` framed by [CLS] ... [SEP] (never a cache hit)."""
+    ids = rng.integers(*VOCAB, size=(batch, seq), dtype=np.int64)
+    ids[:, 0], ids[:, -1] = CLS, SEP
+    return ids
+
+
+def binary_body(ids: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """A KServe v2 infer request with binary tensors (what ``tritonclient.http`` sends)."""
+    arrays = [ids, np.ones_like(ids), np.zeros_like(ids)]
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    head = json.dumps(
+        {
+            "inputs": [
+                {"name": n, "datatype": "INT64", "shape": list(a.shape),
+                 "parameters": {"binary_data_size": a.nbytes}}
+                for n, a in zip(names, arrays, strict=True)
+            ],
+            "outputs": [{"name": "sentence_embedding", "parameters": {"binary_data": True}}],
+        }
+    ).encode()  # fmt: skip
+    body = head + b"".join(a.tobytes() for a in arrays)
+    return body, {"Inference-Header-Content-Length": str(len(head))}
+
+
+async def closed_loop(
+    send: Callable[[int], Awaitable[bool]], concurrency: int, seconds: float, warmup_s: float
+) -> tuple[list[float], int, float]:
+    """Latencies (s) of the requests started in the measured window, errors, measured seconds."""
+    latencies: list[float] = []
+    errors = 0
+    counter = 0
+    start = time.perf_counter()
+    measure_from = start + warmup_s
+    stop_at = measure_from + seconds
+
+    async def worker() -> None:
+        nonlocal errors, counter
+        while (now := time.perf_counter()) < stop_at:
+            counter += 1
+            ok = await send(counter)
+            done = time.perf_counter()
+            if now >= measure_from:
+                latencies.append(done - now)
+                errors += not ok
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, errors, time.perf_counter() - measure_from
+
+
+def make_point(target: str, c: int, r: int, lat: list[float], errors: int, secs: float) -> Point:
+    ms = np.array(lat) * 1000 if lat else np.array([float("nan")])
+    return Point(
+        target, c, r, len(lat), errors, round(secs, 2), round(len(lat) / secs, 1),
+        *(round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)),
+    )  # fmt: skip

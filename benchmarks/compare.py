@@ -1,0 +1,447 @@
+"""Peers side by side: the same model, inputs, load generator and machine, one system at a time.
+
+``python -m benchmarks.compare --save benchmarks/results`` (or ``tritonstack bench peers``)
+
+MiniLM-L6 embeddings, ``SEQ`` tokens, one item per request, a fresh random input per request.
+Each repeat starts every system in turn, measures it at each concurrency with the closed-loop
+generator of :mod:`benchmarks.loadgen` (aiohttp for HTTP, ``tritonclient.grpc.aio`` for gRPC)
+and stops it, so machine noise spreads over all of them:
+
+- ``naive-fastapi``: FastAPI + uvicorn calling PyTorch per request (``peers/naive_fastapi.py``);
+- ``ray-serve``: Ray Serve 2.60 with ``@serve.batch`` (``peers/ray_serve.py``, ONNX Runtime);
+- ``litserve``: LitServe with batching (``peers/litserve_server.py``, ONNX Runtime);
+- ``triton-grpc``: our Triton (the committed ``config.pbtxt``) over gRPC;
+- ``gateway-miss``: the same Triton through our gateway, v2 binary tensors, ``no-cache``;
+- ``ceiling``: the same ``model.onnx`` in-process in ONNX Runtime, no server, batch 1/8/32.
+
+Before the load, a fixed sample of inputs goes to every system and its embeddings are compared
+with PyTorch's (cosine >= ``MIN_COSINE``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+import signal
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import tritonclient.grpc.aio as grpcaio
+from rich.console import Console
+from tritonclient import grpc as grpcclient
+
+from benchmarks.loadgen import Point, binary_body, closed_loop, make_point, random_ids
+from benchmarks.peers.common import (
+    EMBED_PATH,
+    OrtEmbedder,
+    cosine,
+    decode_response,
+    decode_v2_binary,
+    encode_request,
+)
+from deploy.local.process import BackgroundProcess
+from deploy.local.triton import free_port
+
+SEQ = 32
+MIN_COSINE = 0.999
+SAMPLES = 4
+PEERS = ("naive-fastapi", "ray-serve", "litserve")
+OURS = ("triton-grpc", "gateway-miss")
+SYSTEMS = (*PEERS, *OURS)
+_PEER_MODULES = {
+    "naive-fastapi": "benchmarks.peers.naive_fastapi",
+    "ray-serve": "benchmarks.peers.ray_serve",
+    "litserve": "benchmarks.peers.litserve_server",
+}
+
+
+@dataclass
+class Check:
+    system: str
+    min_cosine: float
+    samples: int
+
+    @property
+    def ok(self) -> bool:
+        return self.min_cosine >= MIN_COSINE
+
+
+Sender = Callable[[int], Awaitable[bool]]
+Embed = Callable[[np.ndarray], Awaitable[np.ndarray]]
+
+
+def sample_inputs(n: int = SAMPLES, seq: int = SEQ) -> np.ndarray:
+    return random_ids(np.random.default_rng(1234), seq, batch=n)
+
+
+def torch_reference(ids: np.ndarray) -> np.ndarray:
+    """PyTorch embeddings of ``ids`` [n, seq] with the real weights (what every system owes)."""
+    import torch
+
+    from export.models import minilm
+
+    model = minilm.load().module.eval()
+    t = torch.from_numpy(ids)
+    with torch.inference_mode():
+        return np.asarray(model(t, torch.ones_like(t), torch.zeros_like(t)).numpy())
+
+
+# -- clients ---------------------------------------------------------------------------------
+class HttpPeer:
+    """JSON ``POST /embed`` to a peer server."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    async def embed(self, ids: np.ndarray) -> np.ndarray:
+        async with self.session.post(EMBED_PATH, json=encode_request(ids)) as r:
+            r.raise_for_status()
+            return decode_response(await r.read())
+
+    async def send(self, ids: np.ndarray) -> bool:
+        async with self.session.post(EMBED_PATH, json=encode_request(ids)) as r:
+            await r.read()
+            return r.status == 200
+
+
+class TritonGrpc:
+    def __init__(self, client: grpcaio.InferenceServerClient) -> None:
+        self.client = client
+
+    async def embed(self, ids: np.ndarray) -> np.ndarray:
+        ids = ids.reshape(1, -1)
+        tensors = []
+        for name, array in (
+            ("input_ids", ids),
+            ("attention_mask", np.ones_like(ids)),
+            ("token_type_ids", np.zeros_like(ids)),
+        ):
+            tensor = grpcclient.InferInput(name, list(array.shape), "INT64")
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        result = await self.client.infer("minilm", tensors, client_timeout=30)
+        return np.asarray(result.as_numpy("sentence_embedding"))[0]
+
+    async def send(self, ids: np.ndarray) -> bool:
+        try:
+            await self.embed(ids)
+        except Exception:
+            return False
+        return True
+
+
+class GatewayV2:
+    """The gateway's v2 REST with binary tensors; ``no-cache`` so every request reaches Triton."""
+
+    def __init__(self, session: aiohttp.ClientSession, key: str) -> None:
+        self.session = session
+        self.headers = {"Authorization": f"Bearer {key}", "Cache-Control": "no-cache"}
+
+    async def embed(self, ids: np.ndarray) -> np.ndarray:
+        body, headers = binary_body(ids.reshape(1, -1))
+        async with self.session.post(
+            "/v2/models/minilm/infer", data=body, headers={**self.headers, **headers}
+        ) as r:
+            r.raise_for_status()
+            raw = await r.read()
+            return decode_v2_binary(raw, int(r.headers["Inference-Header-Content-Length"]))[0]
+
+    async def send(self, ids: np.ndarray) -> bool:
+        body, headers = binary_body(ids.reshape(1, -1))
+        async with self.session.post(
+            "/v2/models/minilm/infer", data=body, headers={**self.headers, **headers}
+        ) as r:
+            await r.read()
+            return r.status == 200
+
+
+async def _measure(
+    client: HttpPeer | TritonGrpc | GatewayV2,
+    system: str,
+    levels: list[int],
+    repeat: int,
+    seconds: float,
+    warmup_s: float,
+    samples: np.ndarray,
+    reference: np.ndarray,
+) -> tuple[list[Point], Check]:
+    got = [await client.embed(s) for s in samples]
+    check = Check(
+        system, round(min(cosine(g, r) for g, r in zip(got, reference, strict=True)), 6), len(got)
+    )
+    rng = np.random.default_rng(secrets.randbits(64))  # inputs never repeat across runs
+    points = []
+    for c in levels:
+
+        async def send(_: int) -> bool:
+            return await client.send(random_ids(rng, SEQ))
+
+        lat, errors, secs = await closed_loop(send, c, seconds, warmup_s)
+        points.append(make_point(system, c, repeat, lat, errors, secs))
+    return points, check
+
+
+def _http_ready(url: str, timeout_s: float = 2.0) -> Callable[[], bool]:
+    body = json.dumps(encode_request(np.array([101, 7592, 102]))).encode()
+
+    def ready() -> bool:
+        request = urllib.request.Request(
+            url + EMBED_PATH, data=body, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    return ready
+
+
+def peer_process(system: str, work: Path, port: int) -> BackgroundProcess:
+    """The peer server ``system`` on ``port`` (not started)."""
+    url = f"http://127.0.0.1:{port}"
+    return BackgroundProcess(
+        [sys.executable, "-m", _PEER_MODULES[system], "--port", str(port)],
+        log_path=work / f"{system}.log",
+        ready=_http_ready(url),
+        startup_timeout_s=180.0,
+        shutdown_timeout_s=30.0,
+    )
+
+
+async def _run_peer(
+    url: str, system: str, levels: list[int], repeat: int, seconds: float, warmup_s: float,
+    samples: np.ndarray, reference: np.ndarray,
+) -> tuple[list[Point], Check]:  # fmt: skip
+    connector = aiohttp.TCPConnector(limit=max(levels))
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
+        return await _measure(
+            HttpPeer(session), system, levels, repeat, seconds, warmup_s, samples, reference
+        )
+
+
+async def _run_ours(
+    grpc_url: str, gateway_url: str, key: str, levels: list[int], repeat: int, seconds: float,
+    warmup_s: float, samples: np.ndarray, reference: np.ndarray,
+) -> tuple[list[Point], list[Check]]:  # fmt: skip
+    points: list[Point] = []
+    checks: list[Check] = []
+    client = grpcaio.InferenceServerClient(grpc_url)
+    try:
+        p, c = await _measure(
+            TritonGrpc(client), "triton-grpc", levels, repeat, seconds, warmup_s, samples,
+            reference,
+        )  # fmt: skip
+        points += p
+        checks.append(c)
+    finally:
+        await client.close()
+    connector = aiohttp.TCPConnector(limit=max(levels))
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(gateway_url, connector=connector, timeout=timeout) as session:
+        p, c = await _measure(
+            GatewayV2(session, key), "gateway-miss", levels, repeat, seconds, warmup_s, samples,
+            reference,
+        )  # fmt: skip
+    return points + p, [*checks, c]
+
+
+@contextmanager
+def our_stack(work: Path) -> Iterator[tuple[str, str, str]]:
+    """Triton (the committed model repository), redis-server and the gateway; yields
+    (Triton gRPC address, gateway URL, API key)."""
+    from deploy.local.gateway import GatewayProcess
+    from deploy.local.redis import RedisServer
+    from deploy.local.runtime import TritonRuntime
+    from deploy.local.settings import StackSettings
+    from deploy.local.triton import TritonServer
+
+    settings = StackSettings()
+    triton = TritonServer(
+        TritonRuntime(settings.runtime_dir),
+        settings.model_repository,
+        work_dir=work / "triton",
+        model_control_mode="explicit",
+        extra_args=["--load-model=minilm"],
+    )
+    key = "ts_" + secrets.token_urlsafe(32)
+    tenant = {
+        "key_sha256": [hashlib.sha256(key.encode()).hexdigest()],
+        "rate_per_s": 1e6,
+        "burst": 10**6,
+    }
+    with ExitStack() as stack:
+        stack.enter_context(triton)
+        redis = stack.enter_context(RedisServer(work / "redis"))
+        gateway = GatewayProcess(
+            work / "gateway",
+            triton_grpc_url=triton.grpc_url,
+            redis_url=redis.url,
+            settings={"GATEWAY_TENANTS": json.dumps({"bench": tenant})},
+        )
+        stack.enter_context(gateway)
+        yield triton.grpc_url, gateway.url, key
+
+
+# -- the ceiling -----------------------------------------------------------------------------
+def ceiling(onnx: Path, batches: list[int], seconds: float, repeat: int) -> list[Point]:
+    """In-process ONNX Runtime throughput (items/s) at each batch size: no server at all."""
+    model = OrtEmbedder(onnx)
+    rng = np.random.default_rng(secrets.randbits(64))
+    points = []
+    for b in batches:
+        ids = random_ids(rng, SEQ, batch=b)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                 "token_type_ids": np.zeros_like(ids)}  # fmt: skip
+        for _ in range(3):
+            model.run(feeds)
+        lat: list[float] = []
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            feeds["input_ids"] = random_ids(rng, SEQ, batch=b)
+            t0 = time.perf_counter()
+            model.run(feeds)
+            lat.append(time.perf_counter() - t0)
+        secs = time.perf_counter() - start
+        point = make_point("ceiling", b, repeat, lat, 0, secs)
+        point.throughput = round(len(lat) * b / secs, 1)  # items/s; concurrency = batch size
+        points.append(point)
+    return points
+
+
+def ceiling_check(onnx: Path, samples: np.ndarray, reference: np.ndarray) -> Check:
+    model = OrtEmbedder(onnx)
+    got = model.run({"input_ids": samples, "attention_mask": np.ones_like(samples),
+                     "token_type_ids": np.zeros_like(samples)})  # fmt: skip
+    return Check(
+        "ceiling",
+        round(min(cosine(g, r) for g, r in zip(got, reference, strict=True)), 6),
+        len(got),
+    )
+
+
+@dataclass
+class Run:
+    points: list[Point]
+    checks: list[Check]
+    commands: list[str]
+
+
+def run(
+    systems: list[str],
+    levels: list[int],
+    batches: list[int],
+    seconds: float,
+    repeats: int,
+    warmup_s: float = 2.0,
+    console: Console | None = None,
+) -> Run:
+    """Measure ``systems`` and the ceiling, ``repeats`` times, interleaved; servers stopped."""
+    console = console or Console()
+    from deploy.local.settings import StackSettings
+
+    onnx = StackSettings().model_repository / "minilm" / "1" / "model.onnx"
+    if not onnx.is_file():
+        raise FileNotFoundError(f"{onnx} is missing: run `tritonstack export` first")
+    samples = sample_inputs()
+    reference = torch_reference(samples)
+    points: list[Point] = []
+    checks: list[Check] = [ceiling_check(onnx, samples, reference)]
+    commands: list[str] = []
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on a kill too
+    with tempfile.TemporaryDirectory(prefix="tritonstack-peers-") as tmp:
+        work = Path(tmp)
+        for repeat in range(repeats):
+            if batches and repeat % 2 == 0:
+                points += ceiling(onnx, batches, seconds, repeat)
+            for system in systems:
+                console.print(f"[bold]repeat {repeat}: {system}[/]")
+                started = time.perf_counter()
+                if system in PEERS:
+                    port = free_port()
+                    process = peer_process(system, work, port)
+                    commands.append(" ".join(process.command[1:]).replace(str(port), "PORT"))
+                    with process:
+                        console.print(f"  up in {time.perf_counter() - started:.1f} s")
+                        p, c = asyncio.run(
+                            _run_peer(f"http://127.0.0.1:{port}", system, levels, repeat,
+                                      seconds, warmup_s, samples, reference)
+                        )  # fmt: skip
+                    cs = [c]
+                elif system == "triton-grpc":
+                    with our_stack(work / f"stack-{repeat}") as (grpc_url, gateway_url, key):
+                        console.print(f"  up in {time.perf_counter() - started:.1f} s")
+                        p, cs = asyncio.run(
+                            _run_ours(grpc_url, gateway_url, key, levels, repeat, seconds,
+                                      warmup_s, samples, reference)
+                        )  # fmt: skip
+                else:
+                    continue  # gateway-miss is measured with triton-grpc (one stack start)
+                for point in p:
+                    console.print(
+                        f"  {point.target} c={point.concurrency}: {point.throughput} req/s, "
+                        f"p50 {point.p50_ms} ms, p99 {point.p99_ms} ms, errors {point.errors}",
+                        highlight=False,
+                    )
+                points += p
+                checks += cs
+            if batches and repeat % 2 == 1:
+                points += ceiling(onnx, batches, seconds, repeat)
+    return Run(points, checks, sorted(set(commands)))
+
+
+def main(
+    concurrency: str = "1,8,32",
+    batches: str = "1,8,32",
+    systems: str = ",".join(SYSTEMS),
+    seconds: float = 6.0,
+    repeats: int = 2,
+    save: Path | None = None,
+) -> Run:
+    """Run, print the table, and with ``save`` write JSON, markdown and plots; fails on a wrong
+    answer from any system."""
+    from dataclasses import asdict
+
+    from benchmarks import report
+
+    console = Console()
+    levels = [int(c) for c in concurrency.split(",")]
+    sizes = [int(b) for b in batches.split(",") if b]
+    chosen = [s for s in systems.split(",") if s]
+    unknown = set(chosen) - set(SYSTEMS)
+    if unknown:
+        raise ValueError(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
+    result = run(chosen, levels, sizes, seconds, repeats, console=console)
+    command = (
+        f"tritonstack bench peers --concurrency {concurrency} --batches {batches} "
+        f"--systems {systems} --seconds {seconds:g} --repeats {repeats}"
+    )
+    rows = report.summarize(result.points)
+    checks = [{**asdict(c), "ok": c.ok} for c in result.checks]
+    console.print(report.to_markdown(rows, checks, command=command), markup=False, highlight=False)
+    if save is not None:
+        for path in report.save(
+            save, result.points, checks, command=command, peer_commands=result.commands
+        ):
+            console.print(f"wrote {path}")
+    bad = [c for c in result.checks if not c.ok]
+    if bad:
+        raise RuntimeError(f"wrong answers (cosine < {MIN_COSINE}): {bad}")
+    return result
+
+
+if __name__ == "__main__":
+    import typer
+
+    typer.run(main)

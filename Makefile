@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 export PYTHON ?= python3
 
-.PHONY: setup demo test lint reliability down clean
+.PHONY: setup demo test lint reliability bench down clean
 
 setup:  ## create/refresh the environments and Debian packages (idempotent)
 	@bash deploy/bootstrap.sh
@@ -22,6 +22,14 @@ lint: setup
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
 	@$(VENV)/bin/mypy tritonstack export deploy gateway benchmarks features
+
+bench: setup  ## config search + peers side by side (installs the `bench` extra): benchmarks/results
+	@set -o pipefail; $(VENV)/bin/pip install -q --disable-pip-version-check -e ".[bench]" \
+		$$(command -v nvidia-smi >/dev/null || echo -c requirements/cpu-constraints.txt) \
+		2>&1 | { grep -v -e "^WARNING: Location 'file:" -e "^\[notice\]" || true; }
+	@test -f model_repository/minilm/1/model.onnx || $(VENV)/bin/tritonstack export
+	@$(VENV)/bin/tritonstack bench search --save benchmarks/results
+	@$(VENV)/bin/tritonstack bench peers --save benchmarks/results
 
 down:  ## stop what `make demo` / `tritonstack up` started
 	@$(VENV)/bin/tritonstack down

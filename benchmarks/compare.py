@@ -359,7 +359,6 @@ def run(
     points: list[Point] = []
     checks: list[Check] = [ceiling_check(onnx, samples, reference)]
     commands: list[str] = []
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on a kill too
     with tempfile.TemporaryDirectory(prefix="tritonstack-peers-") as tmp:
         work = Path(tmp)
         for repeat in range(repeats):
@@ -416,6 +415,7 @@ def main(
     from benchmarks import report
 
     console = Console()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on a kill too
     levels = [int(c) for c in concurrency.split(",")]
     sizes = [int(b) for b in batches.split(",") if b]
     chosen = [s for s in systems.split(",") if s]

@@ -5,10 +5,13 @@ One tritonserver runs in explicit model control on a scratch copy of the model r
 with :func:`export.model_config.build_config` from the protobuf, loaded through the repository
 API (``load_model`` reloads the model with the new config, much faster than a server restart)
 and measured with the real ``perf_analyzer``. The best throughput whose p99 stays under the
-budget at every measured concurrency wins; the top candidates and the current config are
+budget at every measured concurrency wins (near-ties within a few percent go to the lowest
+p50 at the lowest concurrency); the top candidates and the current config are
 measured a second time before choosing (the winner's numbers are medians of both passes, its
 p99 the worse one). The winner is written back into the model repository with
-:func:`export.model_config.write_config`, next to the JSON/markdown of every measurement.
+:func:`export.model_config.write_config`, its values recorded beside it in
+``tuned_options.json`` (so that ``tritonstack export`` keeps writing the same config) with the
+path of the JSON/markdown of every measurement.
 """
 
 from __future__ import annotations
@@ -79,8 +82,8 @@ class Candidate:
 
 
 def grid(
-    instances: Sequence[int] = (1, 2),
-    delays_us: Sequence[int] = (500, 2000, 8000),
+    instances: Sequence[int] = (1, 2, 3),
+    delays_us: Sequence[int] = (500, 4000),
     preferred: Sequence[tuple[int, ...]] = ((), (8, 16, 32)),
     queue_sizes: Sequence[int] = (256,),
     cores: int | None = None,
@@ -113,6 +116,11 @@ class Measurement:
     def worst_p99_ms(self) -> float:
         return max(p.p99_ms for p in self.points)
 
+    @property
+    def low_load_p50_ms(self) -> float:
+        """p50 at the lowest measured concurrency (what a queue delay costs a lone request)."""
+        return min(self.points, key=lambda p: p.concurrency).p50_ms
+
 
 @dataclass
 class Aggregate:
@@ -120,6 +128,7 @@ class Aggregate:
     throughput: float
     p99_ms: float
     measurements: list[Measurement] = field(default_factory=list)
+    low_load_p50_ms: float = 0.0
 
     def under(self, budget_ms: float) -> bool:
         return self.p99_ms <= budget_ms
@@ -136,15 +145,27 @@ def aggregate(measurements: Sequence[Measurement]) -> list[Aggregate]:
             round(statistics.median(m.throughput for m in ms), 1),
             max(m.worst_p99_ms for m in ms),
             ms,
+            round(statistics.median(m.low_load_p50_ms for m in ms), 2),
         )
         for c, ms in by.items()
     ]
 
 
-def select(measurements: Sequence[Measurement], budget_ms: float) -> Aggregate | None:
-    """Best throughput under the p99 budget (ties: lower p99); None when nothing fits."""
+def select(
+    measurements: Sequence[Measurement], budget_ms: float, tolerance: float = 0.03
+) -> Aggregate | None:
+    """Best throughput under the p99 budget; None when nothing fits.
+
+    Candidates within ``tolerance`` of the best throughput are a tie (the spread of repeated
+    runs here is larger than that): among them the lowest p50 at the lowest concurrency wins,
+    so a long queue delay that buys no throughput is not chosen.
+    """
     fits = [a for a in aggregate(measurements) if a.under(budget_ms)]
-    return max(fits, key=lambda a: (a.throughput, -a.p99_ms)) if fits else None
+    if not fits:
+        return None
+    best = max(a.throughput for a in fits)
+    near = [a for a in fits if a.throughput >= best * (1 - tolerance)]
+    return min(near, key=lambda a: (a.low_load_p50_ms, -a.throughput, a.p99_ms))
 
 
 def to_confirm(
@@ -168,6 +189,7 @@ def run_search(
     budget_ms: float,
     confirm: int = 3,
     on_measured: Callable[[Measurement], None] = lambda m: None,
+    tolerance: float = 0.03,
 ) -> tuple[list[Measurement], Aggregate | None]:
     """Measure the current config then every candidate, re-measure the best few, choose."""
     measurements = []
@@ -180,7 +202,7 @@ def run_search(
             m = measure(candidate, 1)
             on_measured(m)
             measurements.append(m)
-    return measurements, select(measurements, budget_ms)
+    return measurements, select(measurements, budget_ms, tolerance)
 
 
 # -- against a real Triton -------------------------------------------------------------------
@@ -267,13 +289,15 @@ def search(
     *,
     budget_ms: float,
     candidates: Sequence[Candidate] | None = None,
-    concurrency: Sequence[int] = (32,),
+    concurrency: Sequence[int] = (1, 32),
     protocol: str = "grpc",
     interval_ms: int = 3000,
     confirm: int = 3,
     write: bool = True,
     command: str = "",
     on_measured: Callable[[Measurement], None] = lambda m: None,
+    tolerance: float = 0.03,
+    evidence: str = "",
 ) -> SearchResult:
     """Search ``candidates`` for minilm in ``repository`` and (``write``) write the winner back."""
     import torch
@@ -282,14 +306,21 @@ def search(
     from deploy.local.runtime import TritonRuntime
     from deploy.local.settings import StackSettings
     from deploy.local.triton import TritonServer
-    from export.model_config import ServingOptions, build_config, load_config, write_config
+    from export.model_config import (
+        ServingOptions,
+        build_config,
+        load_config,
+        with_tuned,
+        write_config,
+        write_tuned,
+    )
     from export.models import minilm
 
     spec = minilm.load(module=torch.nn.Identity())  # the signature; the weights are on disk
     base = ServingOptions()
     tracked = repository / spec.name / "config.pbtxt"
     load_config(tracked)  # refuses a broken file before any work
-    current = Candidate.from_options(base)
+    current = Candidate.from_options(with_tuned(base, tracked.parent))  # what is served now
     candidates = list(candidates if candidates is not None else grid())
     settings = StackSettings()
     runtime = TritonRuntime(settings.runtime_dir)
@@ -310,10 +341,12 @@ def search(
                 out_dir=work / "perf",
             )  # fmt: skip
             measurements, chosen = run_search(
-                candidates, current, measurer, budget_ms, confirm, on_measured
+                candidates, current, measurer, budget_ms, confirm, on_measured, tolerance
             )
             perf_command = measurer.commands[0] if measurer.commands else ""
     written = None
     if write and chosen is not None and chosen.candidate != current:
-        written = write_config(build_config(spec, chosen.candidate.options(base)), tracked)
+        options = chosen.candidate.options(base)
+        written = write_config(build_config(spec, options), tracked)
+        write_tuned(tracked.parent, options, evidence or command)
     return SearchResult(measurements, chosen, current, written, command, perf_command)

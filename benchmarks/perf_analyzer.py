@@ -47,6 +47,7 @@ class PerfPoint:
     server_compute_output_ms: float
     client_send_ms: float
     client_recv_ms: float
+    shared_memory: str = "none"  # none | system (inputs/outputs through POSIX shared memory)
 
     def as_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
@@ -84,8 +85,15 @@ def perf_analyzer_command(
     measurement_interval_ms: int,
     max_trials: int,
     csv_path: Path,
+    shared_memory: str = "none",
 ) -> list[str]:
-    """The perf_analyzer command line of one sweep (concurrency as start:end:step)."""
+    """The perf_analyzer command line of one sweep (concurrency as start:end:step).
+
+    ``shared_memory="system"`` passes tensors through POSIX shared memory (client and server
+    on one host; gRPC and HTTP); ``cuda`` needs a GPU.
+    """
+    if shared_memory not in ("none", "system", "cuda"):
+        raise ValueError(f"shared_memory must be none, system or cuda, got {shared_memory!r}")
     if not concurrency or min(concurrency) < 1:
         raise ValueError(f"concurrency must be positive integers, got {list(concurrency)}")
     points = sorted(set(concurrency))
@@ -111,6 +119,7 @@ def perf_analyzer_command(
         "--stability-percentage", "1000",
         "-f", str(csv_path),
         "--verbose-csv",
+        *(["--shared-memory", shared_memory] if shared_memory != "none" else []),
     ]  # fmt: skip
 
 
@@ -118,7 +127,9 @@ def _ms(row: dict[str, str], column: str) -> float:
     return float(row.get(column) or 0) / 1000.0  # perf_analyzer's CSV is in microseconds
 
 
-def parse_csv(path: Path, batch_size: int, protocol: str = "grpc") -> list[PerfPoint]:
+def parse_csv(
+    path: Path, batch_size: int, protocol: str = "grpc", shared_memory: str = "none"
+) -> list[PerfPoint]:
     """Points of a perf_analyzer ``-f`` CSV, sorted by concurrency."""
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -141,6 +152,7 @@ def parse_csv(path: Path, batch_size: int, protocol: str = "grpc") -> list[PerfP
             server_compute_output_ms=_ms(row, "Server Compute Output"),
             client_send_ms=_ms(row, "Client Send"),
             client_recv_ms=_ms(row, "Client Recv"),
+            shared_memory=shared_memory,
         )
         for row in rows
     ]
@@ -170,10 +182,11 @@ def run_sweep(
     measurement_interval_ms: int = 2000,
     max_trials: int = 3,
     timeout_s: float = 300.0,
+    shared_memory: str = "none",
 ) -> Sweep:
     """Run perf_analyzer against a running Triton and return the command and its points."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = out_dir / f"perf-{model}-{protocol}-b{batch_size}.csv"
+    csv_path = out_dir / f"perf-{model}-{protocol}-b{batch_size}-shm-{shared_memory}.csv"
     csv_path.unlink(missing_ok=True)
     command = perf_analyzer_command(
         runtime.perf_analyzer,
@@ -186,6 +199,7 @@ def run_sweep(
         measurement_interval_ms=measurement_interval_ms,
         max_trials=max_trials,
         csv_path=csv_path,
+        shared_memory=shared_memory,
     )
     try:
         done = subprocess.run(
@@ -207,7 +221,7 @@ def run_sweep(
             f"{'' if done.returncode else ' but wrote no CSV'}: {shlex.join(command)}\n"
             f"{_tail(done.stdout, done.stderr)}"
         )
-    return Sweep(command, parse_csv(csv_path, batch_size, protocol))
+    return Sweep(command, parse_csv(csv_path, batch_size, protocol, shared_memory))
 
 
 def _tail(*streams: str | bytes | None, chars: int = 2000) -> str:
@@ -229,7 +243,10 @@ def render_table(points: Sequence[PerfPoint], title: str = "perf_analyzer") -> T
         "p95 ms",
         "p99 ms",
         "queue ms",
+        "in ms",
         "infer ms",
+        "out ms",
+        "shm",
     )
     for column in columns:
         table.add_column(column, justify="right")
@@ -243,7 +260,10 @@ def render_table(points: Sequence[PerfPoint], title: str = "perf_analyzer") -> T
             f"{p.p95_ms:.1f}",
             f"{p.p99_ms:.1f}",
             f"{p.server_queue_ms:.2f}",
+            f"{p.server_compute_input_ms:.2f}",
             f"{p.server_compute_infer_ms:.2f}",
+            f"{p.server_compute_output_ms:.2f}",
+            p.shared_memory,
         )
     return table
 
@@ -251,13 +271,14 @@ def render_table(points: Sequence[PerfPoint], title: str = "perf_analyzer") -> T
 def to_markdown(points: Sequence[PerfPoint]) -> str:
     header = (
         "| protocol | concurrency | batch | infer/s | p50 ms | p95 ms | p99 ms | "
-        "server queue ms | server infer ms |"
+        "server queue ms | server infer ms | server input ms | server output ms | shared memory |"
     )
-    lines = [header, "|" + "---|" * 9]
+    lines = [header, "|" + "---|" * 12]
     lines += [
         f"| {p.protocol} | {p.concurrency} | {p.batch_size} | {p.throughput_infer_per_s:.1f} | "
         f"{p.p50_ms:.1f} | {p.p95_ms:.1f} | {p.p99_ms:.1f} | {p.server_queue_ms:.2f} | "
-        f"{p.server_compute_infer_ms:.2f} |"
+        f"{p.server_compute_infer_ms:.2f} | {p.server_compute_input_ms:.2f} | "
+        f"{p.server_compute_output_ms:.2f} | {p.shared_memory} |"
         for p in points
     ]
     return "\n".join(lines) + "\n"

@@ -11,9 +11,12 @@ Two serving targets share one generator:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -45,6 +48,49 @@ class ServingOptions:
     warmup_length: int = 16
     num_versions: int = 1  # version policy: serve the latest N versions
     response_cache: bool = True  # Triton's per-request cache; the server needs --cache-config
+
+
+# What `tritonstack bench search` may tune, recorded beside the config it wrote
+# (model_repository/<model>/tuned_options.json) so that `tritonstack export` keeps writing it.
+TUNED_FILE = "tuned_options.json"
+TUNABLE = (
+    "instance_count",
+    "intra_op_threads",
+    "max_queue_delay_us",
+    "preferred_batch_sizes",
+    "max_queue_size",
+)
+
+
+def read_tuned(model_dir: Path) -> dict[str, Any]:
+    """The tuned option values recorded in ``model_dir`` ({} when there is no record)."""
+    path = model_dir / TUNED_FILE
+    if not path.is_file():
+        return {}
+    try:
+        values = dict(json.loads(path.read_text())["options"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelConfigError(f"{path}: not a tuned-options record: {exc}") from exc
+    unknown = sorted(set(values) - set(TUNABLE))
+    if unknown:
+        raise ModelConfigError(f"{path}: unknown options {unknown}; tunable: {list(TUNABLE)}")
+    return values
+
+
+def with_tuned(options: ServingOptions, model_dir: Path) -> ServingOptions:
+    """``options`` with the values tuned on this machine kind (cpu target only: the search
+    measures the python backend on CPU)."""
+    if options.target is not Target.CPU:
+        return options
+    return dataclasses.replace(options, **read_tuned(model_dir))
+
+
+def write_tuned(model_dir: Path, options: ServingOptions, evidence: str) -> Path:
+    """Record the tunable values of ``options`` and the measurements that chose them."""
+    path = model_dir / TUNED_FILE
+    values = {k: getattr(options, k) for k in TUNABLE}
+    path.write_text(json.dumps({"options": values, "chosen_by": evidence}, indent=2) + "\n")
+    return path
 
 
 def _tensor(spec: TensorSpec, *, ragged: bool) -> tuple[str, int, list[int], bool]:

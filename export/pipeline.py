@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from export.model_config import ServingOptions, build_config, to_text
+from export.model_config import ServingOptions, build_config, to_text, with_tuned
 from export.repository import write_entry
 from export.spec import ModelSpec
 from export.status import Status, StepResult
@@ -62,7 +62,8 @@ def export_model(
     Whatever happens, ``build_dir/report.json`` tells what each step measured; on success the
     same report lies beside the artefact in the version directory.
     """
-    options = options or ServingOptions()
+    # no options: the defaults plus what the config search recorded for this repository
+    options = options or with_tuned(ServingOptions(), repository / spec.name)
     result = ExportResult(spec.name)
     if build_dir.exists():
         shutil.rmtree(build_dir)

@@ -48,13 +48,19 @@ def export(
         int | None, typer.Option(help="seed of the parity inputs (default: fresh)")
     ] = None,
     max_batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    instances: Annotated[int, typer.Option(min=1, help="instances (per GPU for gpu)")] = 1,
+    instances: Annotated[
+        int | None,
+        typer.Option(min=1, help="instances (per GPU for gpu); default: tuned record, else 1"),
+    ] = None,
     max_queue_size: Annotated[
-        int, typer.Option(min=0, help="queue policy bound (REJECT beyond); 0: no queue policy")
-    ] = 256,
+        int | None,
+        typer.Option(
+            min=0, help="queue policy bound (REJECT beyond); 0: no queue policy; default 256"
+        ),
+    ] = None,
 ) -> None:
     """Export all-MiniLM-L6-v2 to ONNX, verify parity, write it into the model repository."""
-    from export.model_config import ServingOptions, Target
+    from export.model_config import ServingOptions, Target, with_tuned
     from export.models import minilm
     from export.pipeline import export_model
 
@@ -63,12 +69,15 @@ def export(
     except ValueError:
         raise _fail(f"--target must be 'cpu' or 'gpu', got {target!r}") from None
     settings = StackSettings()
-    options = ServingOptions(
-        target=serving_target,
-        max_batch_size=max_batch_size,
-        instance_count=instances,
-        max_queue_size=max_queue_size,
+    # the defaults, then what `tritonstack bench search` recorded (cpu), then explicit flags
+    options = with_tuned(
+        ServingOptions(target=serving_target, max_batch_size=max_batch_size),
+        repository / minilm.NAME,
     )
+    if instances is not None:
+        options.instance_count = instances
+    if max_queue_size is not None:
+        options.max_queue_size = max_queue_size
     with console.status("exporting all-MiniLM-L6-v2 (PyTorch -> ONNX -> parity check)"):
         result = export_model(
             minilm.load(),
@@ -215,41 +224,16 @@ def _tokenizer_path(repository: Path, model: str) -> Path:
 
 
 @app.command()
-def bench(
-    concurrency: Annotated[
-        str, typer.Option(help="evenly spaced points, e.g. 1,4 or 1,2,3")
-    ] = "1,4",
-    protocol: Annotated[str, typer.Option(help="grpc, http or both")] = "both",
-    save: Annotated[Path | None, typer.Option(help="directory for JSON + markdown results")] = None,
-) -> None:
-    """A short perf_analyzer sweep of minilm against the running stack."""
-    from deploy.local import stack
-    from tritonstack.demo import perf_sweep
-
-    settings = StackSettings()
-    state = stack.read_state(settings)
-    if state is None or not state.alive():
-        raise _fail("no running stack: start it with `tritonstack up`")
-    try:
-        points = [int(c) for c in concurrency.split(",")]
-    except ValueError:
-        raise _fail(
-            f"--concurrency must be integers separated by commas, got {concurrency!r}"
-        ) from None
-    protocols = ("grpc", "http") if protocol == "both" else (protocol,)
-    if not set(protocols) <= {"grpc", "http"}:
-        raise _fail(f"--protocol must be grpc, http or both, got {protocol!r}")
-    if not perf_sweep(console, settings, state, points, protocols, save_to=save):
-        raise typer.Exit(1)
-
-
-@app.command()
 def demo() -> None:
     """The main job: export, start the stack, embed over gRPC and REST, perf_analyzer, summary."""
     from tritonstack.demo import run_demo
 
     raise typer.Exit(run_demo(console))
 
+
+from tritonstack.bench_cli import bench_app  # noqa: E402  (after `app` is complete)
+
+app.add_typer(bench_app, name="bench")
 
 if __name__ == "__main__":
     app()

@@ -7,6 +7,7 @@ summary. The stack stays up until ``tritonstack down``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -149,8 +150,11 @@ def perf_sweep(
     concurrency: list[int],
     protocols: tuple[str, ...] = ("grpc", "http"),
     save_to: Path | None = None,
+    batch_sizes: tuple[int, ...] = (1,),
+    shared_memory: tuple[str, ...] = ("none",),
 ) -> bool:
-    """A short perf_analyzer sweep per protocol against the running stack; prints the table.
+    """A short perf_analyzer sweep per protocol (x request batch size x shared memory) against
+    the running stack; prints the table with the server-side split.
 
     With ``save_to``, also writes ``<date>-<host>.json`` and ``.md`` there (commands included).
     """
@@ -167,10 +171,13 @@ def perf_sweep(
     runtime = TritonRuntime(settings.runtime_dir)
     points = []
     commands = []
-    for protocol in protocols:
+    for protocol, batch, shm in itertools.product(protocols, batch_sizes, shared_memory):
         url = state.grpc_url if protocol == "grpc" else state.http_url
         try:
-            with console.status(f"perf_analyzer over {protocol}, concurrency {concurrency}"):
+            with console.status(
+                f"perf_analyzer over {protocol}, concurrency {concurrency}, batch {batch}, "
+                f"shared memory {shm}"
+            ):
                 sweep = run_sweep(
                     runtime,
                     "minilm",
@@ -179,6 +186,8 @@ def perf_sweep(
                     input_data=data,
                     concurrency=concurrency,
                     out_dir=out_dir,
+                    batch_size=batch,
+                    shared_memory=shm,
                 )
         except PerfAnalyzerError as exc:
             console.print(f"[red]perf_analyzer failed[/]: {exc}")
@@ -186,7 +195,7 @@ def perf_sweep(
         console.print(f"[dim]$ {sweep.command_line}[/]", highlight=False)
         points += sweep.points
         commands.append(sweep.command_line)
-    console.print(render_table(points, "perf_analyzer: minilm, 16 tokens, batch 1"))
+    console.print(render_table(points, "perf_analyzer: minilm, 16 tokens"))
     if save_to is not None:
         for path in save_results(save_to, points, commands):
             console.print(f"wrote {path}")

@@ -16,6 +16,7 @@ from export.model_config import (
     load_config,
     to_text,
     validate_config,
+    with_tuned,
     write_config,
 )
 from export.models import minilm
@@ -67,12 +68,14 @@ def test_text_round_trip(tmp_path: Path, spec) -> None:
 
 @pytest.mark.parametrize("target", ["cpu", "gpu"])
 def test_committed_configs_match_the_generator(spec, target: str) -> None:
-    """The tracked configs are what `tritonstack export` writes (no hand edits drift)."""
+    """The tracked configs are what `tritonstack export` writes (no hand edits drift): the
+    defaults plus the values `tritonstack bench search` recorded beside the cpu config."""
     path = {
         "cpu": ROOT / "model_repository" / "minilm" / "config.pbtxt",
         "gpu": ROOT / "deploy" / "triton" / "model_repository_gpu" / "minilm" / "config.pbtxt",
     }[target]
-    assert load_config(path) == build_config(spec, ServingOptions(target=Target(target)))
+    options = with_tuned(ServingOptions(target=Target(target)), path.parent)
+    assert load_config(path) == build_config(spec, options)
 
 
 def test_malformed_text_is_rejected_with_file_and_position(tmp_path: Path) -> None:

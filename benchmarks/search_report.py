@@ -122,9 +122,10 @@ def to_markdown(data: dict[str, Any]) -> str:
         "",
         "Throughput at the highest concurrency: median of the runs (a second run for the current "
         "config and the best candidates); p99: the worst run over all concurrencies; low-load "
-        "p50: p50 at the lowest concurrency (the tie-break within the tolerance). p50, server "
-        "queue/infer and mean batch (inferences per model execution) from the last run at the "
-        "highest concurrency.",
+        "p50: p50 at the lowest concurrency (the tie-break within the tolerance). p50 and server "
+        "queue/infer from the last run at the highest concurrency; mean batch (inferences per "
+        "model execution, Triton's statistics) over the last run's whole measurement, all "
+        "concurrencies together.",
         "",
         "| | candidate | infer/s | runs | p99 ms | low-load p50 ms | p50 ms | server queue ms "
         "| server infer ms | mean batch | under budget |",

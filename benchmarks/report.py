@@ -107,10 +107,14 @@ def to_markdown(
     lines += ["", f"Ratios at concurrency {at}:", ""]
     lines += [f"- {k}: {v}x" for k, v in ratios(rows, at).items()]
     lines += ["", "Correctness (cosine vs PyTorch on fixed samples, min over repeats):", ""]
+    by: dict[str, list[dict[str, Any]]] = {}
+    for c in checks:
+        by.setdefault(c["system"], []).append(c)
     lines += [
-        f"- {c['system']}: {c['min_cosine']} over {c['samples']} samples "
-        f"({'ok' if c['ok'] else 'FAILED'})"
-        for c in checks
+        f"- {system}: min cosine {min(c['min_cosine'] for c in cs)} over "
+        f"{sum(c['samples'] for c in cs)} samples "
+        f"({'ok' if all(c['ok'] for c in cs) else 'FAILED'})"
+        for system, cs in by.items()
     ]
     if plots:
         lines += ["", *(f"![{Path(p).stem}]({Path(p).name})" for p in plots)]

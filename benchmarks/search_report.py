@@ -15,8 +15,11 @@ from benchmarks.report import machine
 
 
 def _changes(current: Candidate, chosen: Candidate) -> dict[str, list[Any]]:
+    def plain(v: Any) -> Any:
+        return list(v) if isinstance(v, tuple) else v
+
     a, b = asdict(current), asdict(chosen)
-    return {k: [a[k], b[k]] for k in a if a[k] != b[k]}
+    return {k: [plain(a[k]), plain(b[k])] for k in a if a[k] != b[k]}
 
 
 def _rows(result: SearchResult, budget_ms: float) -> list[dict[str, Any]]:

@@ -84,9 +84,15 @@ def peers(
 ) -> None:
     """Peers side by side (starts and stops each system itself; needs the `bench` extra)."""
     from benchmarks.compare import main
+    from deploy.local.errors import DeployError
 
     try:
         main(concurrency, batches, systems, seconds, repeats, save)
+    except DeployError as exc:  # a peer or our stack did not start
+        raise _fail(
+            f"{exc}\n(peers need the bench extra: `make bench` or "
+            "`.venv/bin/pip install -e '.[bench]' -c requirements/cpu-constraints.txt`)"
+        ) from None
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
 

@@ -55,8 +55,13 @@ def verify_parity(
     budget: float = FP32_BUDGET,
     seed: int | None = None,
     cases: list[ParityCase] | None = None,
+    min_cosine: float | None = None,
 ) -> StepResult:
-    """Compare ONNX Runtime (CPU) with PyTorch; FAILED when max relative L2 error > budget."""
+    """Compare ONNX Runtime (CPU) with PyTorch; FAILED when max relative L2 error > budget.
+
+    With ``min_cosine`` (reduced-precision variants of an embedding model) the budget is the
+    worst per-sample cosine similarity instead, and ``budget`` is not used.
+    """
     start = time.perf_counter()
     seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed  # type: ignore[operator]
     rng = np.random.default_rng(seed)
@@ -105,7 +110,22 @@ def verify_parity(
         "cases": per_case,
         "passed": worst_rel <= budget,
     }
-    if worst_rel > budget or not np.isfinite(worst_rel):
+    if min_cosine is not None:
+        metrics.update(metric="min cosine similarity per sample", budget=min_cosine)
+        metrics["passed"] = bool(min_cos >= min_cosine)
+        if not metrics["passed"] or not np.isfinite(min_cos):
+            return StepResult(
+                "verify",
+                Status.FAILED,
+                reason=(
+                    f"min cosine {min_cos:.5f} is below the budget {min_cosine:.5f} "
+                    f"(missed by {min_cosine - min_cos:.5f}; seed {seed})"
+                ),
+                artefact=onnx_path,
+                metrics=metrics,
+                duration_s=time.perf_counter() - start,
+            )
+    elif worst_rel > budget or not np.isfinite(worst_rel):
         return StepResult(
             "verify",
             Status.FAILED,

@@ -114,6 +114,27 @@ def export(
 
 
 @app.command()
+def variants(
+    repository: Annotated[Path, typer.Option(help="where minilm/1/model.onnx was exported")] = Path(
+        "model_repository"
+    ),
+    fp16_min_cosine: Annotated[float, typer.Option(help="fp16 budget")] = 0.999,
+    int8_min_cosine: Annotated[float, typer.Option(help="int8 (per-channel) budget")] = 0.97,
+    seconds: Annotated[float, typer.Option(help="timing per batch size")] = 2.0,
+    save: Annotated[
+        Path | None, typer.Option(help="directory for <date>-vm-variants.{json,md}")
+    ] = None,
+) -> None:
+    """fp32 / optimized / fp16 / int8 variants of MiniLM: accuracy vs PyTorch, in-process speed."""
+    from tritonstack.variants_report import run_variants
+
+    onnx_path = repository / "minilm" / "1" / "model.onnx"
+    if not onnx_path.is_file():
+        raise _fail(f"{onnx_path} not found: run `tritonstack export` first")
+    run_variants(console, onnx_path, fp16_min_cosine, int8_min_cosine, seconds, save)
+
+
+@app.command()
 def up(
     http_port: Annotated[
         int | None, typer.Option(min=0, max=65535, help="0 or unset: a free port")

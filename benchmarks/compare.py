@@ -49,8 +49,7 @@ from benchmarks.peers.common import (
     decode_v2_binary,
     encode_request,
 )
-from deploy.local.process import BackgroundProcess
-from deploy.local.triton import free_port
+from deploy.local.process import BackgroundProcess, free_port
 
 SEQ = 32
 MIN_COSINE = 0.999

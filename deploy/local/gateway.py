@@ -9,8 +9,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from deploy.local.process import BackgroundProcess
-from deploy.local.triton import free_port
+from deploy.local.process import BackgroundProcess, free_port
 from gateway.tenants import TenantConfig, generate_key, hash_key, load_tenants, write_tenants
 
 DEV_TENANT = "dev"

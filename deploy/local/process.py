@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -11,9 +14,67 @@ from types import TracebackType
 from typing import Self
 
 from deploy.local.errors import DeployError
-from deploy.local.triton import log_tail, stop_process_group
 
 _POLL_INTERVAL_S = 0.1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free on ``host`` a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file ('' when it does not exist)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 1024 * 1024))
+            text = fh.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def stop_process_group(pgid: int, timeout_s: float) -> bool:
+    """SIGTERM the process group ``pgid``, SIGKILL it after ``timeout_s``.
+
+    Returns True when the group had to be killed. The leader is reaped when it is our child.
+    """
+    if not _group_alive(pgid):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _reap(pgid)
+        if not _group_alive(pgid):
+            return False
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    for _ in range(50):
+        _reap(pgid)
+        if not _group_alive(pgid):
+            break
+        time.sleep(0.1)
+    return True
 
 
 class ProcessStartError(DeployError):
@@ -33,6 +94,7 @@ class BackgroundProcess:
     """
 
     name = "process"
+    log_mode = "ab"  # "wb": each start begins a fresh log
 
     def __init__(
         self,
@@ -61,9 +123,18 @@ class BackgroundProcess:
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def prepare(self) -> None:
+        """Last checks and the final command/env, just before the process starts (a hook)."""
+
+    def start_error(self, message: str) -> Exception:
+        """The exception for a failed start (a hook: subclasses attach their own log view)."""
+        return ProcessStartError(message, log_tail(self.log_path))
+
     def start(self) -> Self:
+        """Start the process and wait until it is ready, or raise :meth:`start_error`'s error."""
+        self.prepare()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
+        with self.log_path.open(self.log_mode) as log:
             self.process = subprocess.Popen(
                 self.command,
                 stdout=log,
@@ -71,7 +142,7 @@ class BackgroundProcess:
                 stdin=subprocess.DEVNULL,
                 env=self.env,
                 cwd=self.cwd,
-                start_new_session=True,
+                start_new_session=True,  # own process group: stop() reaches its children
             )
         try:
             self.wait_ready()
@@ -86,16 +157,14 @@ class BackgroundProcess:
         while time.monotonic() < deadline:
             code = self.process.poll()
             if code is not None:
-                raise ProcessStartError(
-                    f"{self.name} exited with code {code} during start-up (log: {self.log_path})",
-                    log_tail(self.log_path),
+                raise self.start_error(
+                    f"{self.name} exited with code {code} during start-up (log: {self.log_path})"
                 )
             if self.ready():
                 return
             time.sleep(_POLL_INTERVAL_S)
-        raise ProcessStartError(
-            f"{self.name} was not ready within {self.startup_timeout_s:g} s (log: {self.log_path})",
-            log_tail(self.log_path),
+        raise self.start_error(
+            f"{self.name} was not ready within {self.startup_timeout_s:g} s (log: {self.log_path})"
         )
 
     def stop(self) -> None:

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.local.errors import DeployError, RuntimeMissingError
-from deploy.local.process import BackgroundProcess
-from deploy.local.triton import free_port
+from deploy.local.process import BackgroundProcess, free_port
 
 RULES_DIR = Path(__file__).resolve().parents[1] / "monitoring" / "prometheus" / "rules"
 

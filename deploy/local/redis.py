@@ -7,8 +7,7 @@ import socket
 from pathlib import Path
 
 from deploy.local.errors import RuntimeMissingError
-from deploy.local.process import BackgroundProcess
-from deploy.local.triton import free_port
+from deploy.local.process import BackgroundProcess, free_port
 
 
 def redis_binary() -> str:

@@ -16,11 +16,11 @@ from typing import Any
 
 from deploy.local.errors import StackNotRunningError, TritonStartError
 from deploy.local.gateway import GatewayProcess, ensure_dev_tenant, http_ok
-from deploy.local.process import BackgroundProcess
+from deploy.local.process import BackgroundProcess, stop_process_group
 from deploy.local.redis import RedisServer
 from deploy.local.runtime import TritonRuntime
 from deploy.local.settings import StackSettings
-from deploy.local.triton import TritonPorts, TritonServer, http_ready, stop_process_group
+from deploy.local.triton import TritonPorts, TritonServer, http_ready
 
 
 def pid_alive(pid: int) -> bool:

@@ -6,29 +6,14 @@ it stops everything it started: SIGTERM to the group, then SIGKILL after ``shutd
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import TracebackType
 
 from deploy.local.errors import TritonStartError
+from deploy.local.process import BackgroundProcess, free_port, log_tail
 from deploy.local.runtime import TritonRuntime
-
-_POLL_INTERVAL_S = 0.2
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free on ``host`` a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -49,18 +34,6 @@ class TritonPorts:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
-
-
-def log_tail(path: Path, lines: int = 40) -> str:
-    """The last ``lines`` lines of a log file ('' when it does not exist)."""
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 1024 * 1024))
-            text = fh.read().decode("utf-8", "replace")
-    except FileNotFoundError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 # Start-up noise of a GPU-less machine, not the reason anything failed.
@@ -104,8 +77,16 @@ def http_ready(host: str, port: int, timeout_s: float = 1.0) -> bool:
         return False
 
 
-class TritonServer:
-    """One ``tritonserver`` process serving ``model_repository`` on loopback ports."""
+class TritonServer(BackgroundProcess):
+    """One ``tritonserver`` process serving ``model_repository`` on loopback ports.
+
+    Its own process group (python-backend stubs are its children), so stopping it stops
+    everything it started; a failed start raises :class:`TritonStartError` with Triton's error
+    lines and log tail.
+    """
+
+    name = "tritonserver"
+    log_mode = "wb"  # each start begins a fresh log
 
     def __init__(
         self,
@@ -126,13 +107,17 @@ class TritonServer:
         self.work_dir = work_dir.absolute()
         self.ports = ports or TritonPorts.resolve(host=host)
         self.host = host
-        self.startup_timeout_s = startup_timeout_s
-        self.shutdown_timeout_s = shutdown_timeout_s
         self.model_control_mode = model_control_mode
         self.extra_args = list(extra_args or [])
         self.response_cache_bytes = response_cache_bytes  # models opt in (response_cache)
-        self.log_path = self.work_dir / "tritonserver.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            [],  # built by prepare(): the backend directory is made at start
+            log_path=self.work_dir / "tritonserver.log",
+            ready=lambda: http_ready(self.host, self.ports.http),
+            cwd=self.work_dir,
+            startup_timeout_s=startup_timeout_s,
+            shutdown_timeout_s=shutdown_timeout_s,
+        )
 
     # -- addresses -------------------------------------------------------------------------
     @property
@@ -147,7 +132,7 @@ class TritonServer:
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.ports.metrics}/metrics"
 
-    def command(self) -> list[str]:
+    def build_command(self) -> list[str]:
         backend_dir = self.runtime.backend_directory(self.work_dir / "backends")
         return [
             str(self.runtime.server_binary),
@@ -173,111 +158,13 @@ class TritonServer:
             *self.extra_args,
         ]
 
-    # -- life cycle ------------------------------------------------------------------------
-    def start(self) -> TritonServer:
-        """Start the server and wait until it is ready, or raise :class:`TritonStartError`."""
+    # -- life cycle (start/wait/stop: BackgroundProcess) ------------------------------------------
+    def prepare(self) -> None:
         if not self.model_repository.is_dir():
             raise TritonStartError(f"model repository {self.model_repository} does not exist")
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        command = self.command()
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.runtime.server_env(),
-                cwd=self.work_dir,
-                start_new_session=True,  # own process group: stop() reaches the stubs too
-            )
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        self.command = self.build_command()
+        self.env = self.runtime.server_env()
 
-    def wait_ready(self) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            code = self.process.poll()
-            if code is not None:
-                raise TritonStartError(
-                    f"tritonserver exited with code {code} during start-up (log: {self.log_path})",
-                    log_excerpt(self.log_path),
-                )
-            if http_ready(self.host, self.ports.http):
-                return
-            time.sleep(_POLL_INTERVAL_S)
-        raise TritonStartError(
-            f"tritonserver was not ready within {self.startup_timeout_s:.0f} s "
-            f"(log: {self.log_path})",
-            log_excerpt(self.log_path),
-        )
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    def is_running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self) -> None:
-        """Stop the server and every process of its group; idempotent."""
-        if self.process is None:
-            return
-        stop_process_group(self.process.pid, self.shutdown_timeout_s)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=1)
-
-    def __enter__(self) -> TritonServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def stop_process_group(pgid: int, timeout_s: float) -> bool:
-    """SIGTERM the process group ``pgid``, SIGKILL it after ``timeout_s``.
-
-    Returns True when the group had to be killed. The leader is reaped when it is our child.
-    """
-    if not _group_alive(pgid):
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        _reap(pgid)
-        if not _group_alive(pgid):
-            return False
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-    for _ in range(50):
-        _reap(pgid)
-        if not _group_alive(pgid):
-            break
-        time.sleep(0.1)
-    return True
+    def start_error(self, message: str) -> Exception:
+        return TritonStartError(message, log_excerpt(self.log_path))

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deploy.local.triton import free_port
+from deploy.local.process import free_port
 from features.errors import (
     FeatureStoreUnavailable,
     NullFeatureError,

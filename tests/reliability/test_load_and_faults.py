@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from deploy.local.gateway import GatewayProcess
+from deploy.local.process import stop_process_group
 from deploy.local.redis import RedisServer
 from deploy.local.runtime import TritonRuntime
-from deploy.local.triton import TritonServer, stop_process_group
+from deploy.local.triton import TritonServer
 from export.model_config import load_config, write_config
 from tests.fixtures_gateway import BETA_KEY, UNLIMITED_KEY, StartGateway, v2_json_body
 from tests.reliability.conftest import Outcome, drive, summarize

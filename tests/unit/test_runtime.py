@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from deploy.local import RuntimeMissingError, TritonPorts, TritonRuntime, TritonServer
-from deploy.local.triton import log_tail
+from deploy.local.process import log_tail
 
 
 def test_missing_runtime_environment_says_how_to_create_it(tmp_path: Path) -> None:

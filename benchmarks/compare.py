@@ -38,9 +38,15 @@ import aiohttp
 import numpy as np
 import tritonclient.grpc.aio as grpcaio
 from rich.console import Console
-from tritonclient import grpc as grpcclient
 
-from benchmarks.loadgen import Point, binary_body, closed_loop, make_point, random_ids
+from benchmarks.loadgen import (
+    Point,
+    binary_body,
+    closed_loop,
+    grpc_text_inputs,
+    make_point,
+    random_ids,
+)
 from benchmarks.peers.common import (
     EMBED_PATH,
     OrtEmbedder,
@@ -118,16 +124,7 @@ class TritonGrpc:
         self.client = client
 
     async def embed(self, ids: np.ndarray) -> np.ndarray:
-        ids = ids.reshape(1, -1)
-        tensors = []
-        for name, array in (
-            ("input_ids", ids),
-            ("attention_mask", np.ones_like(ids)),
-            ("token_type_ids", np.zeros_like(ids)),
-        ):
-            tensor = grpcclient.InferInput(name, list(array.shape), "INT64")
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
+        tensors = grpc_text_inputs(ids.reshape(1, -1))
         result = await self.client.infer("minilm", tensors, client_timeout=30)
         return np.asarray(result.as_numpy("sentence_embedding"))[0]
 

@@ -45,9 +45,8 @@ import tritonclient.grpc.aio as grpcaio
 import typer
 from rich.console import Console
 from rich.table import Table
-from tritonclient import grpc as grpcclient
 
-from benchmarks.loadgen import Point, random_ids
+from benchmarks.loadgen import Point, grpc_text_inputs, random_ids
 from benchmarks.loadgen import binary_body as _binary_body
 from benchmarks.loadgen import closed_loop as _closed_loop
 from benchmarks.loadgen import make_point as _point
@@ -76,18 +75,8 @@ async def _run_target(
         client = grpcaio.InferenceServerClient(triton_url)
 
         async def send_grpc(_: int) -> bool:
-            ids = _ids(rng)
-            tensors = []
-            for name, array in (
-                ("input_ids", ids),
-                ("attention_mask", np.ones_like(ids)),
-                ("token_type_ids", np.zeros_like(ids)),
-            ):
-                tensor = grpcclient.InferInput(name, list(array.shape), "INT64")
-                tensor.set_data_from_numpy(array)
-                tensors.append(tensor)
             try:
-                await client.infer("minilm", tensors, client_timeout=30)
+                await client.infer("minilm", grpc_text_inputs(_ids(rng)), client_timeout=30)
             except Exception:
                 return False
             return True

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
+from tritonclient import grpc as grpcclient
 
 VOCAB = (1000, 29000)  # ordinary word-piece ids
 CLS, SEP = 101, 102
@@ -40,21 +41,39 @@ def random_ids(rng: np.random.Generator, seq: int, batch: int = 1) -> np.ndarray
     return ids
 
 
+def text_arrays(ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The encoder's three inputs for unpadded token ids."""
+    return {
+        "input_ids": ids,
+        "attention_mask": np.ones_like(ids),
+        "token_type_ids": np.zeros_like(ids),
+    }
+
+
+def grpc_text_inputs(ids: np.ndarray) -> list[grpcclient.InferInput]:
+    """The encoder's inputs as ``tritonclient.grpc`` tensors (INT64)."""
+    tensors = []
+    for name, array in text_arrays(ids).items():
+        tensor = grpcclient.InferInput(name, list(array.shape), "INT64")
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return tensors
+
+
 def binary_body(ids: np.ndarray) -> tuple[bytes, dict[str, str]]:
     """A KServe v2 infer request with binary tensors (what ``tritonclient.http`` sends)."""
-    arrays = [ids, np.ones_like(ids), np.zeros_like(ids)]
-    names = ["input_ids", "attention_mask", "token_type_ids"]
+    arrays = text_arrays(ids)
     head = json.dumps(
         {
             "inputs": [
                 {"name": n, "datatype": "INT64", "shape": list(a.shape),
                  "parameters": {"binary_data_size": a.nbytes}}
-                for n, a in zip(names, arrays, strict=True)
+                for n, a in arrays.items()
             ],
             "outputs": [{"name": "sentence_embedding", "parameters": {"binary_data": True}}],
         }
     ).encode()  # fmt: skip
-    body = head + b"".join(a.tobytes() for a in arrays)
+    body = head + b"".join(a.tobytes() for a in arrays.values())
     return body, {"Inference-Header-Content-Length": str(len(head))}
 
 

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Response
@@ -48,7 +48,6 @@ class Services:
     encoder: embeddings.TextEncoder | None = None
     features: OnlineFeatures | None = None
     feature_settings: FeatureSettings | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class ResilientRateLimiter:

@@ -4,17 +4,22 @@ Triton serving it. Registered as a plugin by tests/conftest.py."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 
 from deploy.local import TritonRuntime, TritonServer
 from features.data import Dataset, DatasetSpec, generate
+from features.online import open_online_features
 from features.repo import FEATURE_TTL
+from features.schema import build_model_input
 from features.settings import FeatureSettings
 from features.train import TrainResult, train_and_export
 
@@ -91,3 +96,25 @@ def ranker_triton(
     )  # fmt: skip
     with server:
         yield server
+
+
+def online_model_input(env: FeatureEnv, ids: list[int]) -> np.ndarray:
+    """The model input the serving path builds for ``ids`` from ``env``'s online store."""
+
+    async def read() -> np.ndarray:
+        async with open_online_features(env.settings) as reader:
+            rows = await reader.read(ids)
+        return build_model_input(rows, max_age_s=env.settings.max_age_s).array
+
+    return asyncio.run(read())
+
+
+def triton_scores(triton: TritonServer, features: np.ndarray) -> np.ndarray:
+    """driver_ranker's ``score`` [n, 1] for a feature batch, straight from Triton over gRPC."""
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    try:
+        tensor = grpcclient.InferInput("features", list(features.shape), "FP32")
+        tensor.set_data_from_numpy(features)
+        return np.asarray(client.infer("driver_ranker", [tensor]).as_numpy("score"))
+    finally:
+        client.close()

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 
 from deploy.local.gateway import GatewayProcess
 from deploy.local.redis import RedisServer
 from deploy.local.triton import TritonServer
-from features.online import open_online_features
-from features.schema import MODEL_FEATURES, build_model_input
-from tests.fixtures_features import FeatureEnv
+from features.schema import MODEL_FEATURES
+from tests.fixtures_features import FeatureEnv, online_model_input, triton_scores
 from tests.fixtures_gateway import AUTH, BETA_KEY, StartGateway
 
 pytestmark = pytest.mark.integration
@@ -43,19 +39,7 @@ def scoring_gateway(
 
 
 def _direct_scores(triton: TritonServer, env: FeatureEnv, ids: list[int]) -> np.ndarray:
-    async def read() -> np.ndarray:
-        async with open_online_features(env.settings) as reader:
-            rows = await reader.read(ids)
-        return build_model_input(rows, max_age_s=env.settings.max_age_s).array
-
-    features = asyncio.run(read())
-    client = grpcclient.InferenceServerClient(triton.grpc_url)
-    try:
-        tensor = grpcclient.InferInput("features", list(features.shape), "FP32")
-        tensor.set_data_from_numpy(features)
-        return client.infer("driver_ranker", [tensor]).as_numpy("score")[:, 0]
-    finally:
-        client.close()
+    return triton_scores(triton, online_model_input(env, ids))[:, 0]
 
 
 def test_scores_equal_the_model_on_the_same_online_features(

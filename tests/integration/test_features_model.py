@@ -3,7 +3,6 @@ the same scores as PyTorch for features read from the online store."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -14,10 +13,9 @@ from tritonclient.utils import InferenceServerException
 
 from deploy.local import TritonServer
 from export.verify import FP32_BUDGET
-from features.online import open_online_features
-from features.schema import MODEL_FEATURES, build_model_input
+from features.schema import MODEL_FEATURES
 from features.train import TrainResult, predict, train_and_export
-from tests.fixtures_features import FeatureEnv
+from tests.fixtures_features import FeatureEnv, online_model_input, triton_scores
 
 pytestmark = pytest.mark.integration
 
@@ -64,19 +62,8 @@ def test_triton_scores_online_features_like_pytorch(
     """Features from the (Redis) online store -> model input -> Triton == PyTorch."""
     ids = redis_features.dataset.drivers["active"][:8]
 
-    async def read() -> np.ndarray:
-        async with open_online_features(redis_features.settings) as reader:
-            rows = await reader.read(ids)
-        return build_model_input(rows, max_age_s=redis_features.settings.max_age_s).array
-
-    features = asyncio.run(read())
-    client = grpcclient.InferenceServerClient(ranker_triton.grpc_url)
-    try:
-        tensor = grpcclient.InferInput("features", list(features.shape), "FP32")
-        tensor.set_data_from_numpy(features)
-        scores = client.infer("driver_ranker", [tensor]).as_numpy("score")
-    finally:
-        client.close()
+    features = online_model_input(redis_features, ids)
+    scores = triton_scores(ranker_triton, features)
     assert scores.shape == (len(ids), 1)
     assert trained.model is not None
     reference = predict(trained.model, features)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from benchmarks.loadgen import grpc_text_inputs
 from deploy.local import TritonRuntime, TritonServer
 from export.pipeline import ExportResult
 from export.torch2onnx import sha256
@@ -222,15 +223,7 @@ def test_triton_response_cache_answers_repeated_requests(
     ids = np.array([[101, 2023, 2003, 1037, 3231, 102]], dtype=np.int64)
     with server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
-        tensors = []
-        for name, array in (
-            ("input_ids", ids),
-            ("attention_mask", np.ones_like(ids)),
-            ("token_type_ids", np.zeros_like(ids)),
-        ):
-            tensor = grpcclient.InferInput(name, list(array.shape), "INT64")
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
+        tensors = grpc_text_inputs(ids)
         first = client.infer("minilm", tensors).as_numpy("sentence_embedding")
         second = client.infer("minilm", tensors).as_numpy("sentence_embedding")
         stats = client.get_inference_statistics("minilm", as_json=True)

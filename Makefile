@@ -27,7 +27,7 @@ bench: setup  ## config search + peers side by side (installs the `bench` extra)
 	@set -o pipefail; $(VENV)/bin/pip install -q --disable-pip-version-check -e ".[bench]" \
 		$$(command -v nvidia-smi >/dev/null || echo -c requirements/cpu-constraints.txt) \
 		2>&1 | { grep -v -e "^WARNING: Location 'file:" -e "^\[notice\]" || true; }
-	@test -f model_repository/minilm/1/model.onnx || $(VENV)/bin/tritonstack export
+	@ls model_repository/minilm/[0-9]*/model.onnx >/dev/null 2>&1 || $(VENV)/bin/tritonstack export
 	@$(VENV)/bin/tritonstack bench search --save benchmarks/results
 	@$(VENV)/bin/tritonstack bench peers --save benchmarks/results
 

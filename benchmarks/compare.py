@@ -346,8 +346,9 @@ def run(
     """Measure ``systems`` and the ceiling, ``repeats`` times, interleaved; servers stopped."""
     console = console or Console()
     from deploy.local.settings import StackSettings
+    from export.repository import served_dir
 
-    onnx = StackSettings().model_repository / "minilm" / "1" / "model.onnx"
+    onnx = served_dir(StackSettings().model_repository, "minilm") / "model.onnx"
     if not onnx.is_file():
         raise FileNotFoundError(f"{onnx} is missing: run `tritonstack export` first")
     samples = sample_inputs()

@@ -315,6 +315,7 @@ def search(
         write_tuned,
     )
     from export.models import minilm
+    from export.repository import served_dir
 
     spec = minilm.load(module=torch.nn.Identity())  # the signature; the weights are on disk
     base = ServingOptions()
@@ -328,7 +329,7 @@ def search(
         work = Path(tmp)
         repo = scratch_repository(repository, spec.name, work)
         data = write_input_data(
-            TEXTS, repository / spec.name / "1" / "tokenizer.json", work / "input.json", SEQ
+            TEXTS, served_dir(repository, spec.name) / "tokenizer.json", work / "input.json", SEQ
         )
         server = TritonServer(
             runtime, repo, work_dir=work / "triton", model_control_mode="explicit",

@@ -1,7 +1,17 @@
-"""The export pipeline: torch2onnx -> verify -> model repository, with one report."""
+"""The export pipeline, one step module each, one report:
+
+torch2onnx -> verify (fp32, PyTorch reference) -> variants (optimize / fp16 / int8, each
+verified under its own budget) -> measure (in-process) -> choose -> [onnx2tensorrt, gpu target]
+-> model repository (a new version, or none when nothing changed) -> [text ensemble].
+
+Every step returns a :class:`StepResult`; the artefacts and their per-step reports lie in the
+build directory, and the whole report (what each step measured, what was chosen and why, what
+changed since the previous version) lies beside the served artefact.
+"""
 
 from __future__ import annotations
 
+import difflib
 import json
 import platform
 import shutil
@@ -11,30 +21,42 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from export.model_config import ServingOptions, build_config, to_text, with_tuned
-from export.repository import write_entry
+import numpy as np
+
+from export import variants as V
+from export.model_config import ServingOptions, Target, build_config, to_text, with_tuned
+from export.repository import latest_version, read_report, write_entry
 from export.spec import ModelSpec
 from export.status import Status, StepResult
-from export.torch2onnx import torch_to_onnx
-from export.verify import FP32_BUDGET, verify_parity
+from export.torch2onnx import sha256, torch_to_onnx
+from export.verify import fresh_seed, reference
 
 
 @dataclass
 class ExportResult:
-    """What an export did: its steps, the version directory written (None when it failed)."""
+    """What an export did: its steps, the version directory served (None when it failed)."""
 
     name: str
     steps: list[StepResult] = field(default_factory=list)
+    variants: list[V.VariantResult] = field(default_factory=list)
+    served: V.VariantResult | None = None
     version_dir: Path | None = None
     report_path: Path | None = None
-
-    @property
-    def ok(self) -> bool:
-        return all(s.status is not Status.FAILED for s in self.steps) and bool(self.version_dir)
+    unchanged: bool = False  # the latest version already held this artefact and config
 
     @property
     def failure(self) -> StepResult | None:
-        return next((s for s in self.steps if s.status is Status.FAILED), None)
+        """The step that stopped the export (a rejected variant does not)."""
+        return next(
+            (s for s in self.steps if s.status is Status.FAILED and s.step in ESSENTIAL), None
+        )
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None and self.version_dir is not None
+
+
+ESSENTIAL = ("torch2onnx", "verify", "choose", "install")
 
 
 def versions() -> dict[str, str]:
@@ -47,23 +69,76 @@ def versions() -> dict[str, str]:
     return found
 
 
+def changes(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, Any]:
+    """What differs from the previous version's report: artefact, variant, config, packages."""
+    if not previous:
+        return {"previous_version": None}
+    old_served, new_served = previous.get("served", {}), current["served"]
+    found: dict[str, Any] = {"previous_version": previous.get("version")}
+    for key in ("variant", "sha256"):
+        if old_served.get(key) != new_served.get(key):
+            found[key] = [old_served.get(key), new_served.get(key)]
+    diff = list(
+        difflib.unified_diff(
+            str(previous.get("config", "")).splitlines(),
+            current["config"].splitlines(),
+            "config (previous)",
+            "config (this version)",
+            lineterm="",
+            n=0,
+        )
+    )
+    if diff:
+        found["config"] = diff
+    old_pkgs, new_pkgs = previous.get("versions", {}), current["versions"]
+    moved = {k: [old_pkgs.get(k), v] for k, v in new_pkgs.items() if old_pkgs.get(k) != v}
+    if moved:
+        found["packages"] = moved
+    old_acc = old_served.get("accuracy", {}).get("value")
+    new_acc = new_served.get("accuracy", {}).get("value")
+    if old_acc != new_acc:
+        found["accuracy"] = [old_acc, new_acc]
+    return found
+
+
 def export_model(
     spec: ModelSpec,
     repository: Path,
     *,
     build_dir: Path,
-    version: int = 1,
+    version: int | None = None,
     options: ServingOptions | None = None,
-    budget: float = FP32_BUDGET,
+    budgets: V.Budgets | None = None,
+    budget: float | None = None,
+    variants: tuple[V.Variant, ...] | None = None,
+    serve: V.Variant | None = None,
     seed: int | None = None,
+    sample_data: dict[str, np.ndarray] | None = None,
+    measure_s: float = 0.5,
+    choose_batch: int = 8,
+    min_gain: float = 1.10,
 ) -> ExportResult:
-    """Export, verify against the budget, and install into ``repository`` only when it passes.
+    """Export, verify every variant against its budget, serve the best one that passed.
 
-    Whatever happens, ``build_dir/report.json`` tells what each step measured; on success the
-    same report lies beside the artefact in the version directory.
+    - ``variants``: what to make (None: ``variants.DEFAULTS`` of the target; fp32 always).
+    - ``budget`` (fp32 max relative L2 error) is a shortcut for ``budgets.rel_l2``.
+    - ``serve`` forces a variant (it must have passed); else :func:`variants.choose` decides.
+    - ``version``: None writes latest + 1, or nothing when the latest version already holds
+      the same artefact and config; a number writes (or replaces) that version.
+
+    Whatever happens, ``build_dir/report.json`` tells what each step measured; nothing is
+    written into ``repository`` unless the export passed.
     """
-    # no options: the defaults plus what the config search recorded for this repository
     options = options or with_tuned(ServingOptions(), repository / spec.name)
+    budgets = budgets or V.Budgets()
+    if budget is not None:
+        budgets = V.Budgets(rel_l2=budget, fp16=budgets.fp16, int8=budgets.int8)
+    wanted = tuple(
+        v
+        for v in V.Variant
+        if v in set(variants or V.DEFAULTS[options.target.value]) | {V.Variant.FP32}
+    )
+    seed = fresh_seed() if seed is None else seed
     result = ExportResult(spec.name)
     if build_dir.exists():
         shutil.rmtree(build_dir)
@@ -71,31 +146,198 @@ def export_model(
     onnx_path = build_dir / "model.onnx"
 
     step = torch_to_onnx(spec, onnx_path)
+    step.write_report()
     result.steps.append(step)
-    if step.ok:
-        result.steps.append(verify_parity(spec, onnx_path, budget=budget, seed=seed))
-
     config = build_config(spec, options)
     report: dict[str, Any] = {
         "model": spec.name,
         "description": spec.description,
-        "version": version,
+        "task": spec.task.value,
         "target": options.target.value,
         "created_unix": int(time.time()),
         "versions": versions(),
-        "accuracy_budget": {"fp32_max_rel_l2": budget},
-        "steps": [s.as_dict() for s in result.steps],
+        "seed": seed,
+        "accuracy_budgets": budgets.as_dict(spec.task),
         "config": to_text(config),
     }
-    if result.failure is None:
-        report["status"] = "OK"
-        result.version_dir = write_entry(
-            repository, config, version, onnx_path, report, spec.extra_files
+    if step.ok:
+        _variants(
+            result,
+            spec,
+            onnx_path,
+            build_dir,
+            wanted,
+            budgets,
+            options,
+            seed=seed,
+            sample_data=sample_data,
+            measure_s=measure_s,
+            batch=choose_batch,
+            min_gain=min_gain,
+            serve=serve,
         )
-        result.report_path = result.version_dir / "report.json"
-    else:
+    report["variants"] = [r.as_dict() for r in result.variants]
+    if result.failure is None and result.served is not None and result.served.path is not None:
+        _install(result, spec, repository, config, version, report, options)
+    report["steps"] = [s.as_dict() for s in result.steps]
+    if result.failure is not None:
         report["status"] = "FAILED"
-        report["not_written"] = f"{repository / spec.name / str(version)} was left untouched"
+        report["not_written"] = f"{repository / spec.name} was left untouched"
     (build_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     result.report_path = result.report_path or build_dir / "report.json"
     return result
+
+
+def _variants(
+    result: ExportResult,
+    spec: ModelSpec,
+    onnx_path: Path,
+    build_dir: Path,
+    wanted: tuple[V.Variant, ...],
+    budgets: V.Budgets,
+    options: ServingOptions,
+    *,
+    seed: int,
+    sample_data: dict[str, np.ndarray] | None,
+    measure_s: float,
+    batch: int,
+    min_gain: float,
+    serve: V.Variant | None,
+) -> None:
+    """Make and verify each variant (fp32 first: when it fails, nothing else is tried)."""
+    against = reference(spec, seed=seed, sample_data=sample_data)
+    gpu = options.target is Target.GPU
+    for variant in wanted:
+        made = V.make_variant(variant, onnx_path, build_dir / "variants", spec)
+        if variant is not V.Variant.FP32:
+            result.steps.append(made)
+        outcome = V.VariantResult(variant, made.artefact, made)
+        if made.ok and made.artefact is not None:
+            outcome.verify = V.check_variant(
+                variant, made.artefact, spec, budgets, seed=seed, against=against
+            )
+            result.steps.append(outcome.verify)
+        result.variants.append(outcome)
+        if variant is V.Variant.FP32 and not outcome.ok:
+            return  # the export itself is wrong: no variant of it can be right
+    passing = [r for r in result.variants if r.ok]
+    if gpu:  # in-process timing here runs on the CPU: it would not predict the GPU
+        result.steps.append(
+            StepResult(
+                "measure",
+                Status.SKIPPED,
+                "target gpu: timing on this host's CPU does not predict GPU speed; the most "
+                "faithful passing variant is served unless --serve names another",
+            )
+        )
+    elif len(passing) > 1 and measure_s > 0:
+        started = time.perf_counter()
+        for r in passing:
+            assert r.path is not None
+            r.items_per_s = V.measure(r.path, spec, (batch,), seconds=measure_s)
+        result.steps.append(
+            StepResult(
+                "measure",
+                Status.OK,
+                artefact=None,
+                metrics={
+                    "batch": batch,
+                    "seconds_each": measure_s,
+                    "length": 32,
+                    "items_per_s": {r.variant.value: r.items_per_s[batch] for r in passing},
+                },
+                duration_s=time.perf_counter() - started,
+            )
+        )
+    if serve is not None:
+        forced = next((r for r in passing if r.variant is serve), None)
+        chosen, why = forced, f"{serve.value}: asked for with --serve"
+        if forced is None:
+            why = f"--serve {serve.value}: that variant was not made or missed its budget"
+    else:
+        chosen, why = V.choose(passing, batch, min_gain)
+    result.served = chosen
+    metrics = {"served": chosen.variant.value if chosen else None, "min_gain": min_gain}
+    result.steps.append(
+        StepResult(
+            "choose",
+            Status.OK if chosen else Status.FAILED,
+            why,
+            artefact=chosen.path if chosen else None,
+            metrics=metrics,
+        )
+    )
+    if gpu and chosen is not None and chosen.path is not None:
+        from export.tensorrt import build_engine
+
+        engine = build_engine(
+            onnx_path,
+            spec,
+            options,
+            build_dir / "tensorrt",
+            timing_cache=build_dir.parent / "tensorrt-timing.cache",
+        )
+        result.steps.append(engine)
+
+
+def _install(
+    result: ExportResult,
+    spec: ModelSpec,
+    repository: Path,
+    config: Any,
+    version: int | None,
+    report: dict[str, Any],
+    options: ServingOptions,
+) -> None:
+    served = result.served
+    assert served is not None and served.path is not None
+    model_dir = repository / spec.name
+    report["served"] = {
+        "variant": served.variant.value,
+        "sha256": sha256(served.path),
+        "bytes": served.path.stat().st_size,
+        "accuracy": served.as_dict()["accuracy"],
+        "items_per_s": served.items_per_s,
+    }
+    latest = latest_version(model_dir)
+    previous = read_report(model_dir / str(latest)) if latest else None
+    if (
+        version is None
+        and previous is not None
+        and (
+            previous.get("served", {}).get("sha256") == report["served"]["sha256"]
+            and previous.get("config") == report["config"]
+        )
+    ):
+        result.unchanged = True
+        result.version_dir = model_dir / str(latest)
+        result.report_path = result.version_dir / "report.json"
+        report.update(status="UNCHANGED", version=latest, changes={"previous_version": latest})
+        result.steps.append(
+            StepResult(
+                "install",
+                Status.SKIPPED,
+                f"version {latest} already serves this artefact with this config: nothing written",
+            )
+        )
+        return
+    report["version"] = version or (latest or 0) + 1
+    if version is not None and version != latest:
+        previous = read_report(model_dir / str(version)) or previous
+    report["changes"] = changes(previous, report)
+    report["version_policy"] = f"latest {options.num_versions}"
+    report["status"] = "OK"
+    report["steps"] = [s.as_dict() for s in result.steps]
+    extra = dict(spec.extra_files)
+    result.version_dir = write_entry(
+        repository, config, report["version"], served.path, report, extra
+    )
+    result.report_path = result.version_dir / "report.json"
+    result.steps.append(
+        StepResult(
+            "install",
+            Status.OK,
+            artefact=result.version_dir,
+            metrics={"version": report["version"], "variant": served.variant.value},
+        )
+    )

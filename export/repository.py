@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,36 @@ from export.model_config import write_config
 RUNNER = Path(__file__).parent / "python_backend" / "model.py"
 
 
+def install_version(
+    model_dir: Path,
+    version: int,
+    files: Mapping[str, Path],
+    texts: Mapping[str, str] | None = None,
+) -> Path:
+    """Make ``model_dir/VERSION`` hold exactly ``files`` (name -> source) and ``texts``.
+
+    The version directory is assembled in a hidden staging directory beside its final place
+    and renamed into it, so a running Triton never sees a half-written version (an empty
+    ``files`` gives the empty version directory an ensemble needs).
+    """
+    model_dir.mkdir(parents=True, exist_ok=True)
+    final = model_dir / str(version)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
+    staging.chmod(0o755)
+    try:
+        for name, source in files.items():
+            shutil.copy2(source, staging / name)
+        for name, text in (texts or {}).items():
+            (staging / name).write_text(text)
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return final
+
+
 def write_entry(
     repository: Path,
     config: mc.ModelConfig,
@@ -23,28 +54,44 @@ def write_entry(
     report: dict[str, Any],
     extra_files: dict[str, Path] | None = None,
 ) -> Path:
-    """Install a verified artefact as ``repository/NAME/VERSION`` and write ``config.pbtxt``.
-
-    The version directory is assembled beside its final place and renamed into it, so a
-    running Triton never sees a half-written version.
-    """
+    """Install a verified artefact as ``repository/NAME/VERSION`` and write ``config.pbtxt``."""
     model_dir = repository / config.name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    final = model_dir / str(version)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
-    staging.chmod(0o755)
-    try:
-        shutil.copy2(onnx_path, staging / "model.onnx")
-        if config.backend == "python":
-            shutil.copy2(RUNNER, staging / "model.py")
-        for name, source in (extra_files or {}).items():
-            shutil.copy2(source, staging / name)
-        (staging / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+    files = {"model.onnx": onnx_path}
+    if config.backend == "python":
+        files["model.py"] = RUNNER
+    files.update(extra_files or {})
+    report_text = json.dumps(report, indent=2, default=str) + "\n"
+    final = install_version(model_dir, version, files, {"report.json": report_text})
     write_config(config, model_dir / "config.pbtxt")
     return final
+
+
+def version_dirs(model_dir: Path) -> list[Path]:
+    """The numbered version directories of a model, oldest first."""
+    if not model_dir.is_dir():
+        return []
+    found = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    return sorted(found, key=lambda p: int(p.name))
+
+
+def latest_version(model_dir: Path) -> int | None:
+    found = version_dirs(model_dir)
+    return int(found[-1].name) if found else None
+
+
+def served_dir(repository: Path, name: str) -> Path:
+    """The latest version directory of ``name`` (what Triton serves under ``latest 1``)."""
+    found = version_dirs(repository / name)
+    if not found:
+        raise FileNotFoundError(
+            f"{repository / name} has no version directory: run `tritonstack export` first"
+        )
+    return found[-1]
+
+
+def read_report(version_dir: Path) -> dict[str, Any] | None:
+    path = version_dir / "report.json"
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,14 @@ TRITON_TYPES: dict[str, tuple[str, str]] = {
 }
 
 SampleFn = Callable[[np.random.Generator, int, int], dict[str, np.ndarray]]
+
+
+class Task(enum.StrEnum):
+    """What the output means; it picks the accuracy metric of reduced-precision variants."""
+
+    EMBEDDING = "embedding"  # cosine similarity
+    CLASSIFIER = "classifier"  # top-1 agreement
+    REGRESSOR = "regressor"  # relative L2 error
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,11 @@ class ModelSpec:
     parameters: dict[str, str] = field(default_factory=dict)
     extra_files: dict[str, Path] = field(default_factory=dict)
     description: str = ""
+    task: Task = Task.REGRESSOR
+    # ONNX Runtime transformer optimizer hints, e.g. {"model_type": "bert", "num_heads": 12,
+    # "hidden_size": 384}; empty: generic graph optimization only
+    optimizer: dict[str, str | int] = field(default_factory=dict)
+    tokenizer: Path | None = None  # a tokenizer.json: the export also writes the text ensemble
 
     def torch_outputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run the PyTorch reference on numpy inputs."""

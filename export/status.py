@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,3 +39,14 @@ class StepResult:
             "metrics": self.metrics,
             "duration_s": round(self.duration_s, 3),
         }
+
+    def write_report(self, path: Path | None = None) -> Path | None:
+        """Write this record as JSON beside the artefact (``<artefact>.report.json``)."""
+        path = path or (
+            self.artefact.with_name(self.artefact.name + ".report.json") if self.artefact else None
+        )
+        if path is None:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.as_dict(), indent=2, default=str) + "\n")
+        return path

@@ -243,6 +243,7 @@ def train_and_export(
     """Train, check quality, export with the parity check; reuse an export of the same data."""
     from export.models import driver_ranker
     from export.pipeline import export_model
+    from export.variants import Variant
 
     config = config or TrainConfig()
     print_ = fingerprint(settings, config)
@@ -262,8 +263,14 @@ def train_and_export(
         training_json = Path(tmp) / "training.json"
         training_json.write_text(json.dumps(report.as_dict(), indent=2, default=str) + "\n")
         spec.extra_files = {"training.json": training_json}
+        # a small MLP: reduced precision has nothing to gain, and scores stay fp32-exact
         result = export_model(
-            spec, repository, build_dir=build_dir, version=version, seed=config.seed
+            spec,
+            repository,
+            build_dir=build_dir,
+            version=version,
+            seed=config.seed,
+            variants=(Variant.FP32,),
         )
     if not result.ok:
         failure = result.failure

@@ -12,8 +12,11 @@ import pytest
 from deploy.local import TritonRuntime, TritonServer
 from deploy.local.redis import RedisServer
 from deploy.local.settings import StackSettings
+from export.ensemble import write_text_pipeline
+from export.model_config import load_config
 from export.pipeline import ExportResult, export_model
 from export.spec import ModelSpec
+from export.variants import Variant
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -37,17 +40,36 @@ def minilm_spec() -> ModelSpec:
 
 @pytest.fixture(scope="session")
 def minilm_export(tmp_path_factory: pytest.TempPathFactory, minilm_spec: ModelSpec) -> ExportResult:
-    """MiniLM exported from nothing into a fresh repository, once per test session."""
+    """MiniLM exported from nothing into a fresh repository, once per test session.
+
+    fp32 only: the suite compares served vectors with sentence-transformers at 1e-4; the
+    variant choice is tested on its own (tests/integration/test_byo_export.py)."""
     base = tmp_path_factory.mktemp("export")
-    result = export_model(minilm_spec, base / "model_repository", build_dir=base / "build")
+    result = export_model(
+        minilm_spec, base / "model_repository", build_dir=base / "build", variants=(Variant.FP32,)
+    )
     assert result.ok, result.failure
     return result
 
 
 @pytest.fixture(scope="session")
-def model_repository(minilm_export: ExportResult) -> Path:
+def model_repository(minilm_export: ExportResult, minilm_spec: ModelSpec) -> Path:
+    """The exported repository: MiniLM plus its text pipeline (minilm_tokenizer, minilm_text).
+
+    ``write_text_pipeline`` is idempotent, so this stays right once ``export_model`` writes the
+    pipeline itself.
+    """
     assert minilm_export.version_dir is not None
-    return minilm_export.version_dir.parent.parent
+    repository = minilm_export.version_dir.parent.parent
+    encoder = load_config(repository / minilm_spec.name / "config.pbtxt")
+    step = write_text_pipeline(
+        repository,
+        encoder,
+        minilm_export.version_dir / "tokenizer.json",
+        max_length=minilm_spec.max_length,
+    )
+    assert step.ok, step.reason
+    return repository
 
 
 @pytest.fixture(scope="session")

@@ -32,18 +32,74 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 @app.command()
 def export(
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="your model: pkg.module:factory returning a torch.nn.Module "
+            "(default: the built-in all-MiniLM-L6-v2)"
+        ),
+    ] = None,
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input",
+            help="name:dtype:shape[:low..high] after the batch axis, e.g. image:float32:3x32x32 "
+            "or ids:int64:seq:0..30522 (a name or -1 is a dynamic axis); repeat per input",
+        ),
+    ] = None,
+    outputs: Annotated[
+        list[str] | None, typer.Option("--output", help="output names (default: output[_i])")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="model name in the repository")] = None,
+    task: Annotated[
+        str, typer.Option(help="embedding | classifier | regressor: the reduced-precision metric")
+    ] = "regressor",
+    sample_data: Annotated[
+        Path | None, typer.Option(help=".npz of your own inputs, checked with the random ones")
+    ] = None,
+    max_length: Annotated[int, typer.Option(min=1, help="longest dynamic axis checked")] = 128,
     repository: Annotated[Path, typer.Option(help="model repository to write into")] = Path(
         "model_repository"
     ),
-    version: Annotated[int, typer.Option(min=1, help="version directory to write")] = 1,
+    version: Annotated[
+        int | None,
+        typer.Option(min=1, help="version to write (default: latest + 1, none if unchanged)"),
+    ] = None,
+    serve_versions: Annotated[
+        int, typer.Option(min=1, help="version policy: Triton serves the latest N")
+    ] = 1,
     target: Annotated[
         str,
         typer.Option(
             help="cpu: python backend + ONNX Runtime (local); "
-            "gpu: native onnxruntime_onnx, KIND_GPU (Triton image)"
+            "gpu: native onnxruntime_onnx, KIND_GPU (Triton image), TensorRT where present"
         ),
     ] = "cpu",
+    variants: Annotated[
+        str,
+        typer.Option(
+            help="auto (cpu: fp32,optimized,int8; gpu: fp32,optimized,fp16), all, "
+            "or a list such as fp32,int8"
+        ),
+    ] = "auto",
+    serve: Annotated[
+        str | None, typer.Option(help="serve this variant (it must pass its budget)")
+    ] = None,
     budget: Annotated[float, typer.Option(help="fp32 budget: max relative L2 error")] = 1e-4,
+    fp16_budget: Annotated[
+        float | None,
+        typer.Option(
+            help="fp16 threshold in the task metric (default cosine 0.999 / top-1 "
+            "0.99 / rel L2 1e-2)"
+        ),
+    ] = None,
+    int8_budget: Annotated[
+        float | None,
+        typer.Option(
+            help="int8 threshold in the task metric (default cosine 0.97 / top-1 "
+            "0.95 / rel L2 5e-2)"
+        ),
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(help="seed of the parity inputs (default: fresh)")
     ] = None,
@@ -59,50 +115,57 @@ def export(
         ),
     ] = None,
 ) -> None:
-    """Export all-MiniLM-L6-v2 to ONNX, verify parity, write it into the model repository."""
+    """Export a PyTorch model to ONNX, verify every variant against its accuracy budget, serve
+    the fastest that passed from the model repository (a new version when anything changed)."""
+    from export.byo import SpecError
     from export.model_config import ServingOptions, Target, with_tuned
-    from export.models import minilm
     from export.pipeline import export_model
+    from export.spec import Task
+    from export.variants import Budgets, Variant, parse_variants
+    from tritonstack.export_report import render_export
 
     try:
         serving_target = Target(target)
-    except ValueError:
-        raise _fail(f"--target must be 'cpu' or 'gpu', got {target!r}") from None
+        chosen_task = Task(task)
+        wanted = parse_variants(variants, serving_target.value)
+        forced = Variant(serve) if serve else None
+    except ValueError as exc:
+        raise _fail(f"{exc} (see `tritonstack export --help`)") from None
     settings = StackSettings()
+    try:
+        spec = _export_spec(model, inputs or [], outputs, name, chosen_task, max_length)
+        data = None
+        if sample_data is not None:
+            from export.byo import load_sample_data
+
+            data = load_sample_data(sample_data, spec)
+    except SpecError as exc:
+        raise _fail(str(exc)) from None
     # the defaults, then what `tritonstack bench search` recorded (cpu), then explicit flags
     options = with_tuned(
-        ServingOptions(target=serving_target, max_batch_size=max_batch_size),
-        repository / minilm.NAME,
+        ServingOptions(
+            target=serving_target, max_batch_size=max_batch_size, num_versions=serve_versions
+        ),
+        repository / spec.name,
     )
     if instances is not None:
         options.instance_count = instances
     if max_queue_size is not None:
         options.max_queue_size = max_queue_size
-    with console.status("exporting all-MiniLM-L6-v2 (PyTorch -> ONNX -> parity check)"):
+    with console.status(f"exporting {spec.name}: torch -> ONNX -> variants -> verify -> choose"):
         result = export_model(
-            minilm.load(),
+            spec,
             repository,
-            build_dir=settings.home / "build" / minilm.NAME,
+            build_dir=settings.home / "build" / spec.name,
             version=version,
             options=options,
-            budget=budget,
+            budgets=Budgets(rel_l2=budget, fp16=fp16_budget, int8=int8_budget),
+            variants=wanted,
+            serve=forced,
             seed=seed,
+            sample_data=data,
         )
-    table = Table(title=f"export {result.name} (target {serving_target.value})")
-    for column in ("step", "status", "seconds", "detail"):
-        table.add_column(column)
-    for step in result.steps:
-        detail = step.reason
-        if step.step == "verify" and step.metrics:
-            detail = detail or (
-                f"max rel L2 {step.metrics['max_rel_l2']:.2e} <= "
-                f"{step.metrics['budget']:.0e}, min cosine "
-                f"{step.metrics['min_cosine']:.7f}"
-            )
-        if step.step == "torch2onnx" and step.ok:
-            detail = f"opset {step.metrics['opset']}, {step.metrics['file']['bytes'] / 1e6:.1f} MB"
-        table.add_row(step.step, step.status.value, f"{step.duration_s:.1f}", detail)
-    console.print(table)
+    render_export(console, result, serving_target.value)
     if not result.ok:
         failure = result.failure
         raise _fail(
@@ -110,14 +173,37 @@ def export(
             f"{failure.reason if failure else 'unknown'}; nothing was written to {repository} "
             f"(report: {result.report_path})"
         )
-    console.print(f"wrote {result.version_dir} (report: {result.report_path})")
+
+
+def _export_spec(
+    model: str | None,
+    inputs: list[str],
+    outputs: list[str] | None,
+    name: str | None,
+    task: object,
+    max_length: int,
+):
+    """The built-in MiniLM, or the user's module described by --input/--output/--name."""
+    from export.byo import SpecError, build_module, load_factory, model_spec
+
+    if model is None:
+        if inputs or outputs or name:
+            raise SpecError("--input/--output/--name describe a --model pkg.module:factory")
+        from export.models import minilm
+
+        return minilm.load()
+    if not inputs:
+        raise SpecError("--model needs its inputs: --input name:dtype:shape (repeat per input)")
+    module = build_module(load_factory(model))
+    default_name = model.partition(":")[2].split(".")[-1].lower()
+    return model_spec(
+        module, name or default_name, list(inputs), outputs=outputs, task=task,  # type: ignore[arg-type]
+        max_length=max_length, description=f"{model} (brought by the user)",
+    )  # fmt: skip
 
 
 @app.command()
 def variants(
-    repository: Annotated[Path, typer.Option(help="where minilm/1/model.onnx was exported")] = Path(
-        "model_repository"
-    ),
     fp16_min_cosine: Annotated[float, typer.Option(help="fp16 budget")] = 0.999,
     int8_min_cosine: Annotated[float, typer.Option(help="int8 (per-channel) budget")] = 0.97,
     seconds: Annotated[float, typer.Option(help="timing per batch size")] = 2.0,
@@ -128,10 +214,9 @@ def variants(
     """fp32 / optimized / fp16 / int8 variants of MiniLM: accuracy vs PyTorch, in-process speed."""
     from tritonstack.variants_report import run_variants
 
-    onnx_path = repository / "minilm" / "1" / "model.onnx"
-    if not onnx_path.is_file():
-        raise _fail(f"{onnx_path} not found: run `tritonstack export` first")
-    run_variants(console, onnx_path, fp16_min_cosine, int8_min_cosine, seconds, save)
+    build = StackSettings().home / "build" / "variants"
+    if not run_variants(console, build, fp16_min_cosine, int8_min_cosine, seconds, save):
+        raise _fail(f"the fp32 export failed (see {build})")
 
 
 @app.command()

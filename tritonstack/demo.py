@@ -23,6 +23,7 @@ from deploy.local import stack
 from deploy.local.gateway import curl_examples
 from deploy.local.runtime import TritonRuntime
 from deploy.local.settings import StackSettings
+from export.repository import served_dir
 
 SENTENCES = [
     "Triton serves the exported model with dynamic batching.",
@@ -35,32 +36,43 @@ DRIVERS = [1001, 1003, 1005, 1007]  # active drivers of the generated data (feat
 
 
 def installed_export_is_current(repository: Path, name: str = "minilm") -> bool:
-    """True when ``NAME/1`` holds a model whose hash matches its OK report."""
+    """True when the latest version of ``name`` holds the artefact its OK report describes."""
+    from export.repository import read_report, served_dir
     from export.torch2onnx import sha256
 
-    version_dir = repository / name / "1"
     try:
-        report = json.loads((version_dir / "report.json").read_text())
-        onnx_step = next(s for s in report["steps"] if s["step"] == "torch2onnx")
+        version_dir = served_dir(repository, name)
+        report = read_report(version_dir) or {}
         return bool(
-            report["status"] == "OK"
+            report.get("status") == "OK"
             and (repository / name / "config.pbtxt").is_file()
-            and sha256(version_dir / "model.onnx") == onnx_step["metrics"]["file"]["sha256"]
+            and sha256(version_dir / "model.onnx") == report["served"]["sha256"]
         )
-    except (OSError, KeyError, StopIteration, json.JSONDecodeError):
+    except (OSError, KeyError):
         return False
+
+
+def served_floor(repository: Path, name: str = "minilm") -> tuple[float, str]:
+    """The cosine the served vectors must reach against PyTorch: the served variant's budget
+    (int8: its cosine budget), or COSINE_FLOOR for fp32-faithful variants."""
+    from export.repository import read_report, served_dir
+
+    served = (read_report(served_dir(repository, name)) or {}).get("served", {})
+    accuracy = served.get("accuracy", {})
+    if accuracy.get("metric") == "cosine":
+        return float(accuracy["budget"]), str(served.get("variant"))
+    return COSINE_FLOOR, str(served.get("variant", "fp32"))
 
 
 def _export(console: Console, settings: StackSettings) -> bool:
     from export.models import minilm
     from export.pipeline import export_model
+    from tritonstack.export_report import render_export
 
     if installed_export_is_current(settings.model_repository):
-        console.print(
-            "[green]1. export[/]: reusing model_repository/minilm/1 (hash matches report)"
-        )
+        console.print("[green]1. export[/]: reusing the latest minilm version (hash matches)")
         return True
-    with console.status("1. export: PyTorch -> ONNX -> parity check"):
+    with console.status("1. export: PyTorch -> ONNX -> variants -> parity -> fastest"):
         result = export_model(
             minilm.load(),
             settings.model_repository,
@@ -70,11 +82,9 @@ def _export(console: Console, settings: StackSettings) -> bool:
         failure = result.failure
         console.print(f"[red]1. export failed[/]: {failure.reason if failure else '?'}")
         return False
-    verify = next(s for s in result.steps if s.step == "verify")
-    console.print(
-        f"[green]1. export[/]: {result.version_dir}, parity max rel L2 "
-        f"{verify.metrics['max_rel_l2']:.2e} (budget {verify.metrics['budget']:.0e})"
-    )
+    render_export(console, result, "cpu")
+    served = result.served.variant.value if result.served else "?"
+    console.print(f"[green]1. export[/]: {result.version_dir} serves {served}")
     return True
 
 
@@ -106,13 +116,18 @@ def _via_gateway(url: str, key: str) -> np.ndarray:
 def _embed_both(
     console: Console,
     state: stack.TritonState,
-    tokenizer: Path,
+    repository: Path,
     gateway: tuple[str, str] | None = None,
 ) -> bool:
+    from export.repository import served_dir
     from tritonstack.infer import Endpoint, TextEmbedder
 
+    tokenizer = served_dir(repository, "minilm") / "tokenizer.json"
+    floor, variant = served_floor(repository)
     reference = _reference(SENTENCES)
-    table = Table(title="3. embeddings from Triton vs PyTorch (sentence-transformers)")
+    table = Table(
+        title=f"3. embeddings from Triton ({variant}) vs PyTorch fp32 (sentence-transformers)"
+    )
     for column in ("protocol", "endpoint", "shape", "min cosine vs PyTorch", "ms"):
         table.add_column(column)
     ok = True
@@ -125,21 +140,21 @@ def _embed_both(
         finally:
             embedder.close()
         cosine = float(np.min(np.sum(vectors * reference, axis=1)))
-        ok &= cosine >= COSINE_FLOOR
+        ok &= cosine >= floor
         table.add_row(protocol, url, str(vectors.shape), f"{cosine:.7f}", f"{elapsed:.1f}")
     if gateway is not None:
         start = time.perf_counter()
         vectors = _via_gateway(*gateway)
         elapsed = (time.perf_counter() - start) * 1000
         cosine = float(np.min(np.sum(vectors * reference, axis=1)))
-        ok &= cosine >= COSINE_FLOOR
+        ok &= cosine >= floor
         table.add_row(
             "gateway", f"{gateway[0]}/v1/embeddings", str(vectors.shape), f"{cosine:.7f}",
             f"{elapsed:.1f}",
         )  # fmt: skip
     console.print(table)
     if not ok:
-        console.print(f"[red]embeddings differ from PyTorch (cosine < {COSINE_FLOOR})[/]")
+        console.print(f"[red]embeddings differ from PyTorch (cosine < {floor}, {variant})[/]")
     return ok
 
 
@@ -166,7 +181,7 @@ def perf_sweep(
     )
 
     out_dir = settings.home / "bench"
-    tokenizer = settings.model_repository / "minilm" / "1" / "tokenizer.json"
+    tokenizer = served_dir(settings.model_repository, "minilm") / "tokenizer.json"
     data = write_input_data(SENTENCES, tokenizer, out_dir / "minilm-input.json", length=16)
     runtime = TritonRuntime(settings.runtime_dir)
     points = []
@@ -297,8 +312,9 @@ def run_demo(console: Console) -> int:
     key = stack.dev_api_key(settings) or ""
     if gateway is not None:
         console.print(f"[green]   gateway[/]: {gateway.url} (dev API key in `tritonstack status`)")
-    tokenizer = settings.model_repository / "minilm" / "1" / "tokenizer.json"
-    ok = _embed_both(console, state, tokenizer, (gateway.url, key) if gateway else None)
+    ok = _embed_both(
+        console, state, settings.model_repository, (gateway.url, key) if gateway else None
+    )
     console.print("4. perf_analyzer sweep")
     ok = perf_sweep(console, settings, state, [1, 4]) and ok
     if gateway is not None:

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from export.models import minilm
+from export.torch2onnx import torch_to_onnx
 from export.variants import Budgets, build_variants, fastest
 
 BATCHES = (1, 8, 32)
@@ -21,21 +22,23 @@ BATCHES = (1, 8, 32)
 
 def run_variants(
     console: Console,
-    onnx_path: Path,
+    out_dir: Path,
     fp16_min_cosine: float,
     int8_min_cosine: float,
     seconds: float,
     save: Path | None,
-) -> None:
+) -> bool:
+    """Export MiniLM afresh into ``out_dir``, then make, check and time every variant."""
     spec = minilm.load()
-    config = json.loads((minilm.model_path() / "config.json").read_text())
-    attention = (int(config["num_attention_heads"]), int(config["hidden_size"]))
-    budgets = Budgets(fp16_min_cosine=fp16_min_cosine, int8_min_cosine=int8_min_cosine)
-    out_dir = onnx_path.parent.parent.parent.parent / ".tritonstack" / "build" / "variants"
+    budgets = Budgets(fp16=fp16_min_cosine, int8=int8_min_cosine)
+    onnx_path = out_dir / "model.onnx"
+    with console.status("exporting MiniLM (PyTorch -> ONNX)"):
+        if not torch_to_onnx(spec, onnx_path).ok:
+            return False
     with console.status("making, checking and timing variants"):
         results = build_variants(
             spec, onnx_path, out_dir, budgets=budgets, seed=0, measure_s=seconds,
-            batches=BATCHES, attention=attention,
+            batches=BATCHES,
         )  # fmt: skip
     fp32 = next(r for r in results if r.variant.value == "fp32")
     rows: list[dict[str, Any]] = []
@@ -80,7 +83,7 @@ def run_variants(
     console.print(table)
     console.print(f"fastest within budget at batch 8: {chosen.variant.value if chosen else 'none'}")
     if save is None:
-        return
+        return True
     save.mkdir(parents=True, exist_ok=True)
     stem = save / f"{date.today().isoformat()}-vm-variants"
     machine = f"{os.cpu_count()} CPU cores, no GPU, {platform.platform()}"
@@ -113,6 +116,7 @@ def run_variants(
     ]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     console.print(f"wrote {stem}.json and {stem}.md")
+    return True
 
 
 def _sci(value: object) -> str:

@@ -91,5 +91,6 @@ class OrtEmbedder:
 
 def default_onnx_path() -> Path:
     from deploy.local.settings import StackSettings
+    from export.repository import served_dir
 
-    return StackSettings().model_repository / "minilm" / "1" / "model.onnx"
+    return served_dir(StackSettings().model_repository, "minilm") / "model.onnx"

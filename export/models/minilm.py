@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from export.spec import ModelSpec, TensorSpec
+from export.spec import ModelSpec, Task, TensorSpec
 
 NAME = "minilm"
 EMBEDDING_DIM = 384
@@ -99,4 +99,11 @@ def load(module: torch.nn.Module | None = None) -> ModelSpec:
         },
         extra_files={"tokenizer.json": path / "tokenizer.json"},
         description="sentence-transformers/all-MiniLM-L6-v2: 384-d normalised sentence embeddings",
+        task=Task.EMBEDDING,
+        optimizer={
+            "model_type": "bert",
+            "num_heads": int(config["num_attention_heads"]),
+            "hidden_size": int(config["hidden_size"]),
+        },
+        tokenizer=path / "tokenizer.json",
     )

@@ -39,7 +39,7 @@ def test_int8_per_channel_passes_its_cosine_budget(int8: Path, minilm_spec: Mode
 def test_int8_outside_a_strict_budget_is_rejected_with_the_miss(
     int8: Path, minilm_spec: ModelSpec
 ) -> None:
-    strict = Budgets(int8_min_cosine=0.99999)
+    strict = Budgets(int8=0.99999)
     result = check_variant(Variant.INT8, int8, minilm_spec, strict, seed=1, cases=CASES)
     assert result.status is Status.FAILED
     assert "missed by" in result.reason and "0.99999" in result.reason
@@ -51,7 +51,7 @@ def test_variants_are_built_timed_and_the_fastest_passing_one_chosen(
 ) -> None:
     results = build_variants(
         minilm_spec, fp32_onnx, tmp_path, (Variant.FP32, Variant.INT8),
-        Budgets(int8_min_cosine=0.999999), seed=2, measure_s=0.2, batches=(8,),
+        Budgets(int8=0.999999), seed=2, measure_s=0.2, batches=(8,),
     )  # fmt: skip
     by_name = {r.variant: r for r in results}
     assert by_name[Variant.FP32].ok and by_name[Variant.FP32].items_per_s[8] > 0

@@ -79,16 +79,26 @@ class TritonPythonModel:
             if tensor is None:
                 raise RequestError(f"input '{name}' is missing")
             arrays[name] = np.ascontiguousarray(tensor.as_numpy(), dtype=dtype)
-        shapes = {a.shape for a in arrays.values()}
-        first = next(iter(arrays.values()))
-        if len(shapes) != 1:
+        rows = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
+        if len(rows) != 1:
             detail = ", ".join(f"{n}{list(a.shape)}" for n, a in arrays.items())
-            raise RequestError(f"inputs must have the same shape, got {detail}")
-        if first.shape[0] == 0:
+            raise RequestError(f"inputs must have the same batch size, got {detail}")
+        if rows == {0}:
             raise RequestError("empty batch: send at least one row")
-        if first.ndim > 1 and first.shape[1] == 0:
+        # ragged inputs (token ids, attention mask ...) share one sequence axis
+        ragged = {n: arrays[n] for n, _, is_ragged in self.inputs if is_ragged}
+        if len({a.shape for a in ragged.values()}) > 1:
+            detail = ", ".join(f"{n}{list(a.shape)}" for n, a in ragged.items())
+            raise RequestError(f"inputs must have the same shape, got {detail}")
+        first = next(iter(ragged.values()), None)
+        if first is not None and first.ndim > 1 and first.shape[1] == 0:
             raise RequestError("empty sequence: each row needs at least one token")
-        if self.max_length and first.ndim > 1 and first.shape[1] > self.max_length:
+        if (
+            self.max_length
+            and first is not None
+            and first.ndim > 1
+            and first.shape[1] > self.max_length
+        ):
             raise RequestError(
                 f"sequence length {first.shape[1]} exceeds the model's maximum "
                 f"{self.max_length}; truncate the input"
@@ -103,7 +113,7 @@ class TritonPythonModel:
                 raise RequestError(
                     f"input_ids must lie in [0, {self.vocab_size}), got values in [{low}, {high}]"
                 )
-        if "attention_mask" in arrays and first.ndim > 1:
+        if "attention_mask" in arrays and arrays["attention_mask"].ndim > 1:
             mask = arrays["attention_mask"]
             if not np.isin(mask, (0, 1)).all():
                 raise RequestError("attention_mask must contain only 0 and 1")

@@ -76,7 +76,7 @@ def test_parse_input_errors_say_what_to_fix(text: str, message: str) -> None:
 
 
 def test_load_factory_errors() -> None:
-    with pytest.raises(SpecError, match="expected pkg.module:factory"):
+    with pytest.raises(SpecError, match=r"expected pkg\.module:factory"):
         load_factory("tests.unit.test_byo")
     with pytest.raises(SpecError, match="cannot import"):
         load_factory("no_such_package_xyz:build")

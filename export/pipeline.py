@@ -56,6 +56,10 @@ class ExportResult:
         return self.failure is None and self.version_dir is not None
 
 
+# The random parity inputs are drawn from a fixed seed unless told otherwise: a budget near a
+# variant's accuracy (MiniLM int8: min cosine 0.970-0.983 over seeds 0-5 vs 0.97) would
+# otherwise flip the served variant, and the version, from one export to the next.
+DEFAULT_SEED = 0
 ESSENTIAL = ("torch2onnx", "verify", "choose", "install")
 
 
@@ -112,7 +116,7 @@ def export_model(
     budget: float | None = None,
     variants: tuple[V.Variant, ...] | None = None,
     serve: V.Variant | None = None,
-    seed: int | None = None,
+    seed: int | None = DEFAULT_SEED,
     sample_data: dict[str, np.ndarray] | None = None,
     measure_s: float = 0.5,
     choose_batch: int = 8,
@@ -123,6 +127,8 @@ def export_model(
     - ``variants``: what to make (None: ``variants.DEFAULTS`` of the target; fp32 always).
     - ``budget`` (fp32 max relative L2 error) is a shortcut for ``budgets.rel_l2``.
     - ``serve`` forces a variant (it must have passed); else :func:`variants.choose` decides.
+    - ``seed`` draws the random parity inputs: fixed by default, so exporting the same model
+      twice decides the same way (and writes no new version); None draws a fresh seed.
     - ``version``: None writes latest + 1, or nothing when the latest version already holds
       the same artefact and config; a number writes (or replaces) that version.
 

@@ -101,8 +101,12 @@ def export(
         ),
     ] = None,
     seed: Annotated[
-        int | None, typer.Option(help="seed of the parity inputs (default: fresh)")
-    ] = None,
+        int | None,
+        typer.Option(
+            help="seed of the random parity inputs (fixed by default, so a re-export "
+            "decides the same way); pass another for other draws"
+        ),
+    ] = 0,
     max_batch_size: Annotated[int, typer.Option(min=1)] = 32,
     instances: Annotated[
         int | None,

@@ -46,7 +46,11 @@ def summarize(points: Sequence[Point]) -> list[dict[str, Any]]:
     return rows
 
 
-_ORDER = ("naive-fastapi", "ray-serve", "litserve", "triton-grpc", "gateway-miss", "ceiling")
+_ORDER = (
+    "naive-fastapi", "ray-serve", "litserve", "triton-grpc", "gateway-miss", "ceiling",
+    "ceiling-fp32",
+)  # fmt: skip
+_CEILINGS = ("ceiling", "ceiling-fp32")
 
 
 def _order(system: str) -> int:
@@ -73,6 +77,9 @@ def ratios(rows: Sequence[dict[str, Any]], at: int = 32) -> dict[str, float]:
         out["gateway_vs_triton"] = round(gateway["throughput"] / ours["throughput"], 3)
     if ceilings:
         out["triton_vs_ceiling"] = round(ours["throughput"] / max(ceilings), 3)
+    fp32 = [r["throughput"] for r in rows if r["system"] == "ceiling-fp32"]
+    if fp32:  # the served variant is reduced precision: how it compares with fp32 in-process
+        out["triton_vs_fp32_ceiling"] = round(ours["throughput"] / max(fp32), 3)
     return out
 
 
@@ -83,15 +90,18 @@ def to_markdown(
     command: str,
     plots: Sequence[str] = (),
     at: int = 32,
+    variant: str = "fp32",
 ) -> str:
     lines = [
         "# Peers side by side: MiniLM-L6 embeddings, one item per request",
         "",
         f"Machine: {machine()}.",
         f"Command: `{command}`.",
+        f"Served variant: **{variant}** (the export's choice; Triton, the gateway, Ray Serve, "
+        "LitServe and `ceiling` run this same ONNX file; naive-fastapi runs PyTorch fp32).",
         "",
         "Median over repeats, throughput range in brackets; `ceiling` is in-process ONNX Runtime "
-        "(concurrency column = batch size, items/s).",
+        "(concurrency column = batch size, items/s); `ceiling-fp32` the fp32 export in-process.",
         "",
         "| system | concurrency | items/s (median [range]) | p50 ms | p99 ms (median [range]) "
         "| errors |",
@@ -128,8 +138,9 @@ def plot(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    systems = [s for s in _ORDER if any(r["system"] == s for r in rows) and s != "ceiling"]
+    systems = [s for s in _ORDER if any(r["system"] == s for r in rows) and s not in _CEILINGS]
     ceilings = [r for r in rows if r["system"] == "ceiling"]
+    fp32_ceilings = [r for r in rows if r["system"] == "ceiling-fp32"]
     paths = []
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -146,6 +157,10 @@ def plot(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
         best = max(ceilings, key=lambda r: r["throughput"])
         ax.axhline(best["throughput"], color="grey", linestyle="--",
                    label=f"in-process ceiling (batch {best['concurrency']})")  # fmt: skip
+    if fp32_ceilings:
+        best = max(fp32_ceilings, key=lambda r: r["throughput"])
+        ax.axhline(best["throughput"], color="black", linestyle=":",
+                   label=f"in-process fp32 ceiling (batch {best['concurrency']})")  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrency (closed loop)")
     ax.set_ylabel("items/s")
@@ -185,6 +200,7 @@ def save(
     command: str,
     peer_commands: Sequence[str] = (),
     name: str = "vm-peers",
+    variant: str = "fp32",
 ) -> list[Path]:
     """``<date>-<name>.{json,md}`` and the two PNGs in ``directory``; returns the paths."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -194,11 +210,14 @@ def save(
     stem.with_suffix(".json").write_text(
         json.dumps(
             {"machine": machine(), "command": command, "peer_commands": list(peer_commands),
+             "served_variant": variant,
              "summary": rows, "ratios_at_32": ratios(rows), "checks": list(checks),
              "points": [asdict(p) for p in points]},
             indent=2,
         ) + "\n"
     )  # fmt: skip
     md = stem.with_suffix(".md")
-    md.write_text(to_markdown(rows, checks, command=command, plots=[str(p) for p in pngs]))
+    md.write_text(
+        to_markdown(rows, checks, command=command, plots=[str(p) for p in pngs], variant=variant)
+    )
     return [stem.with_suffix(".json"), md, *pngs]

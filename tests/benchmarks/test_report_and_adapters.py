@@ -97,3 +97,19 @@ def test_save_writes_json_markdown_and_two_pngs(tmp_path: Path) -> None:
     assert data["checks"] == checks and len(data["points"]) == len(_points())
     md = paths[1].read_text()
     assert "| triton-grpc | 32 |" in md and "triton_vs_ray-serve" in md and ".png)" in md
+
+
+def test_reduced_precision_run_compares_with_the_fp32_ceiling(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    points = _points() + [
+        Point("ceiling-fp32", b, 0, 50, 0, 5.0, tp, 4.0, 5.0, 6.0)
+        for b, tp in ((1, 200), (32, 300))
+    ]
+    rows = report.summarize(points)
+    assert rows[-1]["system"] == "ceiling-fp32"
+    ratios = report.ratios(rows)
+    assert ratios["triton_vs_fp32_ceiling"] == pytest.approx(630 / 300, abs=1e-3)
+    assert ratios["triton_vs_ceiling"] == pytest.approx(630 / 525, abs=1e-3)  # fp32 not mixed in
+    paths = report.save(tmp_path, points, [], command="bench", variant="int8")
+    assert json.loads(paths[0].read_text())["served_variant"] == "int8"
+    assert "Served variant: **int8**" in paths[1].read_text()

@@ -24,6 +24,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from export.errors import ModelConfigError
 from export.spec import ModelSpec, TensorSpec
 
+ENSEMBLE = "ensemble"  # the platform of a Triton ensemble (a pipeline of served models)
+
 
 class Target(enum.StrEnum):
     CPU = "cpu"
@@ -162,6 +164,10 @@ def validate_config(config: mc.ModelConfig, source: str = "<config>") -> None:
         problems.append("'name' is empty")
     if not (config.backend or config.platform):
         problems.append("set 'backend' (e.g. \"python\") or 'platform' (e.g. \"onnxruntime_onnx\")")
+    if config.platform == ENSEMBLE:
+        problems += _ensemble_problems(config)
+    elif config.HasField("ensemble_scheduling"):
+        problems.append(f'ensemble_scheduling needs platform "{ENSEMBLE}"')
     if config.max_batch_size < 0:
         problems.append(f"max_batch_size must be >= 0, got {config.max_batch_size}")
     if not config.input:
@@ -204,6 +210,55 @@ def validate_config(config: mc.ModelConfig, source: str = "<config>") -> None:
                 problems.append(f"model_warmup {warmup.name!r}: input {name!r} has the wrong type")
     if problems:
         raise ModelConfigError(f"{source}: invalid model config: " + "; ".join(problems))
+
+
+def _ensemble_problems(config: mc.ModelConfig) -> list[str]:
+    """What Triton would refuse in an ensemble's own config (the composing models' configs
+    are checked against it by ``export.ensemble.check_ensemble``)."""
+    problems: list[str] = []
+    if config.backend:
+        problems.append(f"an ensemble has no backend (remove backend {config.backend!r})")
+    if config.HasField("dynamic_batching") or config.HasField("sequence_batching"):
+        problems.append("an ensemble is not batched itself: remove dynamic/sequence_batching")
+    if config.instance_group:
+        problems.append("an ensemble has no instances: remove instance_group")
+    steps = config.ensemble_scheduling.step
+    if not steps:
+        problems.append("ensemble_scheduling needs at least one step")
+        return problems
+    inputs = {t.name for t in config.input}
+    outputs = {t.name for t in config.output}
+    produced: dict[str, str] = {}  # ensemble tensor -> the step model that writes it
+    consumed: set[str] = set()
+    for number, step in enumerate(steps):
+        where = f"ensemble step {number} ({step.model_name or 'no model_name'})"
+        if not step.model_name:
+            problems.append(f"{where}: model_name is empty")
+        if step.model_version < -1:
+            problems.append(f"{where}: model_version must be -1 (latest) or >= 0")
+        if not step.input_map or not step.output_map:
+            problems.append(f"{where}: needs an input_map and an output_map")
+        consumed.update(step.input_map.values())
+        for tensor in step.output_map.values():
+            if tensor in inputs:
+                problems.append(f"{where}: writes the ensemble input {tensor!r}")
+            elif tensor in produced:
+                problems.append(
+                    f"{where}: tensor {tensor!r} is already written by {produced[tensor]!r}"
+                )
+            produced[tensor] = step.model_name
+    for number, step in enumerate(steps):
+        for tensor in step.input_map.values():
+            if tensor not in inputs and tensor not in produced:
+                problems.append(
+                    f"ensemble step {number} ({step.model_name}): reads {tensor!r}, which is "
+                    "neither an ensemble input nor any step's output"
+                )
+    problems += [f"ensemble input {n!r} is read by no step" for n in sorted(inputs - consumed)]
+    problems += [
+        f"ensemble output {n!r} is written by no step" for n in sorted(outputs - set(produced))
+    ]
+    return problems
 
 
 def to_text(config: mc.ModelConfig) -> str:

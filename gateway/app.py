@@ -45,7 +45,6 @@ class Services:
     limiter: ResilientRateLimiter
     cache: ResponseCache | None
     redis: Redis | None = None
-    encoder: embeddings.TextEncoder | None = None
     features: OnlineFeatures | None = None
     feature_settings: FeatureSettings | None = None
 
@@ -341,16 +340,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             svc.limiter.primary = RedisRateLimiter(svc.redis)
             if settings.cache_enabled:
                 svc.cache = RedisCache(svc.redis, settings.cache_ttl_s)
-        tokenizer = settings.embeddings_tokenizer or embeddings.default_tokenizer_path()
-        svc.encoder = embeddings.TextEncoder(
-            tokenizer, settings.embeddings_max_tokens, settings.max_text_chars
-        )
         if settings.scoring_enabled:  # a store not set up yet answers 503 on /v1/score only
             svc.feature_settings = FeatureSettings()
             with contextlib.suppress(GatewayError):
                 await open_features(svc)
         try:  # learn the main model's signature now; a Triton still starting is not fatal
-            await svc.upstream.model(settings.embeddings_model)
+            await svc.upstream.model(settings.embeddings_pipeline)
         except GatewayError as exc:
             log.warning("model metadata not available yet: %s", exc.message)
         try:
@@ -430,7 +425,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @app.get("/readyz", tags=["health"], responses={503: {"description": "not ready"}})
     async def readyz(svc: ServicesDep) -> JSONResponse:
         """Triton ready, the served models ready, Redis reachable when configured."""
-        models = [settings.embeddings_model]
+        models = [settings.embeddings_model, settings.embeddings_pipeline]
         if settings.ready_requires_features:
             models.append(settings.scoring_model)
         checks = await svc.upstream.ready(models)
@@ -569,8 +564,19 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 f"input must hold 1..{settings.max_embedding_inputs} strings, got {len(texts)}",
                 param="input",
             )  # fmt: skip
-        model = await svc.upstream.model(target)
-        dimension = model.outputs[0].shape[-1] if model.outputs else None
+        encoded = embeddings.encode_texts(texts, settings.max_text_chars)
+        try:
+            model = await svc.upstream.model(settings.embeddings_pipeline)
+        except GatewayError as exc:
+            if exc.status != 404:
+                raise
+            raise GatewayError(
+                503, "model_unavailable",
+                f"{body.model!r} is served through the text pipeline "
+                f"{settings.embeddings_pipeline!r} (tokenizer -> encoder), which Triton does not "
+                "serve: export the model with its tokenizer.json and load it",
+            ) from None  # fmt: skip
+        dimension = embeddings.check_text_model(model)
         if body.dimensions is not None and body.dimensions != dimension:
             raise GatewayError(
                 400, "invalid_input",
@@ -578,18 +584,20 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 f"set it to {dimension}",
                 param="dimensions",
             )  # fmt: skip
-        assert svc.encoder is not None
-        encoder = svc.encoder
-        ids = (
-            encoder.encode(texts)
-            if len(texts) <= 8
-            else await asyncio.to_thread(encoder.encode, texts)
-        )
-        parts = [body.model.encode(), body.encoding_format.encode(), *(t.encode() for t in texts)]
+        # The ensemble runs the encoder's newest version but reports its own version: the
+        # encoder's (from metadata, refreshed every metadata_ttl_s) is part of the cache key,
+        # so a new encoder version is not answered from the old one's entries for long.
+        encoder = await svc.upstream.model(target)
+        parts = [
+            f"{encoder.name}@{encoder.version}".encode(),
+            body.model.encode(),
+            body.encoding_format.encode(),
+            *encoded,
+        ]
 
         async def produce() -> tuple[CachedResponse, str]:
-            vectors, version = await embeddings.embed(svc.upstream, model, ids)
-            answer = embeddings.build_response(vectors, ids, body)
+            vectors, tokens, version = await embeddings.embed(svc.upstream, model, encoded)
+            answer = embeddings.build_response(vectors, tokens, body)
             return CachedResponse(answer.model_dump_json().encode(), "application/json"), version
 
         return await cached_call(request, svc, model, parts, produce, admission)

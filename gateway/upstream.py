@@ -90,7 +90,9 @@ def map_triton_error(exc: InferenceServerException, model: str | None = None) ->
     if "UNAVAILABLE" in status or "not ready" in lowered:
         return unavailable(f"{subject} is unavailable: Triton cannot be reached or is not ready")
     if "INVALID_ARGUMENT" in status:
-        return GatewayError(400, "invalid_input", f"{subject} rejected the input: {message}")
+        return GatewayError(
+            400, "invalid_input", f"{subject} rejected the input: {message}", detail=message
+        )
     if "RESOURCE_EXHAUSTED" in status:
         return GatewayError(413, "too_large", f"{subject}: request or response too large")
     return GatewayError(502, "upstream_error", f"{subject} failed: {message}")

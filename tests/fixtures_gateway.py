@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -39,9 +38,7 @@ StartGateway = Callable[..., GatewayProcess]
 
 
 @pytest.fixture(scope="session")
-def start_gateway(
-    tmp_path_factory: pytest.TempPathFactory, tokenizer_json: Path
-) -> Iterator[StartGateway]:
+def start_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartGateway]:
     """Start gateway processes with test tenants; all are stopped at the end of the session."""
     started: list[GatewayProcess] = []
 
@@ -55,7 +52,6 @@ def start_gateway(
         env.update(extra_env or {})
         env.setdefault("GATEWAY_SCORING_ENABLED", "false")  # the scoring tests turn it on
         env.setdefault("GATEWAY_TENANTS", TENANTS_JSON)
-        env.setdefault("GATEWAY_EMBEDDINGS_TOKENIZER", str(tokenizer_json))
         process = GatewayProcess(
             tmp_path_factory.mktemp("gateway"),
             triton_grpc_url=triton_grpc_url,

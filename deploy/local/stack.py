@@ -114,13 +114,25 @@ def up(settings: StackSettings, extra_args: list[str] | None = None) -> TritonSt
 
 
 def servable_models(repository: Path) -> tuple[list[str], list[str]]:
-    """Models of a repository that have an exported version, and those that only have a config."""
+    """Models of a repository that have an exported version, and those that only have a config.
+
+    Ensembles (e.g. ``minilm_text``: tokenizer -> encoder) come after the models they compose,
+    so loading them one by one into a running server finds their steps already loaded.
+    """
     ready: list[str] = []
     unexported: list[str] = []
     for config in sorted(repository.glob("*/config.pbtxt")):
         versions = [p for p in config.parent.iterdir() if p.is_dir() and p.name.isdigit()]
         (ready if versions else unexported).append(config.parent.name)
+    ready.sort(key=lambda name: _is_ensemble(repository / name / "config.pbtxt"))
     return ready, unexported
+
+
+def _is_ensemble(config: Path) -> bool:
+    try:
+        return 'platform: "ensemble"' in config.read_text()
+    except OSError:
+        return False
 
 
 def _up_triton(settings: StackSettings, extra_args: list[str] | None) -> TritonState:
@@ -226,12 +238,6 @@ def _up_gateway(
     }
     if "driver_ranker" in servable_models(settings.model_repository)[0]:
         env["GATEWAY_READY_REQUIRES_FEATURES"] = "true"
-    tokenizers = sorted(
-        settings.model_repository.absolute().glob("minilm/[0-9]*/tokenizer.json"),
-        key=lambda p: int(p.parent.name),
-    )
-    if tokenizers:
-        env["GATEWAY_EMBEDDINGS_TOKENIZER"] = str(tokenizers[-1])
     gateway = GatewayProcess(
         directory,
         triton_grpc_url=triton.grpc_url,

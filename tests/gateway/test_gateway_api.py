@@ -280,13 +280,18 @@ def test_health_readiness_and_metrics(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"triton": True, "model:minilm": True, "redis": True}
+    assert ready.json()["checks"] == {
+        "triton": True,
+        "model:minilm": True,
+        "model:minilm_text": True,  # the text pipeline behind /v1/embeddings
+        "redis": True,
+    }
 
     client.post("/v1/embeddings", json={"input": "metrics", "model": "minilm"}, headers=AUTH)
     client.get("/v2/models/minilm", headers={"Authorization": "Bearer wrong"})
     text = client.get("/metrics").text
     assert 'gateway_request_duration_seconds_count{model="minilm",route="/v1/embeddings"' in text
-    assert 'gateway_upstream_duration_seconds_count{model="minilm",outcome="ok"}' in text
+    assert 'gateway_upstream_duration_seconds_count{model="minilm_text",outcome="ok"}' in text
     assert 'gateway_cache_requests_total{layer="redis",result="miss"}' in text
     assert 'gateway_auth_failures_total{reason="invalid"}' in text
     assert "gateway_responses_total" in text

@@ -225,7 +225,8 @@ async def test_redis_failure_policy_deny_answers_503_not_500(
 
 # -- 4. overload -----------------------------------------------------------------------------------
 def _tiny_queue_repository(source: Path, target: Path, queue: int) -> Path:
-    shutil.copytree(source / "minilm", target / "minilm")
+    for name in ("minilm", "minilm_tokenizer", "minilm_text"):  # /v1/embeddings: the pipeline
+        shutil.copytree(source / name, target / name)
     config = load_config(target / "minilm" / "config.pbtxt")
     config.dynamic_batching.default_queue_policy.max_queue_size = queue
     write_config(config, target / "minilm" / "config.pbtxt")

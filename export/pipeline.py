@@ -60,7 +60,7 @@ class ExportResult:
 # variant's accuracy (MiniLM int8: min cosine 0.970-0.983 over seeds 0-5 vs 0.97) would
 # otherwise flip the served variant, and the version, from one export to the next.
 DEFAULT_SEED = 0
-ESSENTIAL = ("torch2onnx", "verify", "choose", "install")
+ESSENTIAL = ("torch2onnx", "verify", "choose", "install", "text_pipeline")
 
 
 def versions() -> dict[str, str]:
@@ -185,6 +185,14 @@ def export_model(
     report["variants"] = [r.as_dict() for r in result.variants]
     if result.failure is None and result.served is not None and result.served.path is not None:
         _install(result, spec, repository, config, version, report, options)
+        if spec.tokenizer is not None and result.version_dir is not None:
+            from export.ensemble import write_text_pipeline
+
+            # raw strings -> <name>_tokenizer -> this encoder (latest version): <name>_text
+            text = write_text_pipeline(
+                repository, config, spec.tokenizer, max_length=spec.max_length
+            )
+            result.steps.append(text)
     report["steps"] = [s.as_dict() for s in result.steps]
     if result.failure is not None:
         report["status"] = "FAILED"

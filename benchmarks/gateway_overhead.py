@@ -8,11 +8,13 @@ workers, each sending its next request when the last one answered), interleaving
 repeats so that machine noise spreads evenly:
 
 - ``triton-grpc``: ``tritonclient.grpc.aio`` straight to Triton (the reference);
+- ``triton-grpc-text``: the same, with a raw sentence per request to the text pipeline
+  ``minilm_text`` (tokenizer model -> encoder, a Triton ensemble), when it is exported;
 - ``gateway-v2-miss``: ``POST /v2/models/minilm/infer`` with binary tensors (what
   ``tritonclient.http`` sends), every request a new input, so neither the gateway's cache nor
   Triton's response cache can answer;
 - ``gateway-embeddings-miss``: ``POST /v1/embeddings`` with a new sentence per request
-  (tokenization in the gateway included);
+  (the gateway sends it to ``minilm_text``: tokenization runs in Triton);
 - ``gateway-v2-hit``: the same request again and again (the gateway's cache answers).
 
 Why an async Python generator and not wrk/hey/locust: one tool must drive gRPC and HTTP with
@@ -41,6 +43,7 @@ from typing import cast
 
 import aiohttp
 import numpy as np
+import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 import typer
 from rich.console import Console
@@ -54,6 +57,7 @@ from deploy.local.gateway import GatewayProcess
 from deploy.local.redis import RedisServer
 from deploy.local.runtime import TritonRuntime
 from deploy.local.settings import StackSettings
+from deploy.local.stack import servable_models
 from deploy.local.triton import TritonServer
 
 SEQ = 16  # tokens per request, like the perf_analyzer sweep
@@ -66,17 +70,31 @@ def _ids(rng: np.random.Generator) -> np.ndarray:
     return random_ids(rng, SEQ)
 
 
+def _sentence(rng: np.random.Generator, seed: int, i: int) -> str:
+    """A fresh sentence of about ``SEQ`` tokens (never a cache hit)."""
+    return " ".join(rng.choice(WORDS, size=10)) + f" {seed}-{i}"
+
+
+def _text_input(rng: np.random.Generator, seed: int, i: int) -> list[grpcclient.InferInput]:
+    tensor = grpcclient.InferInput("text", [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[_sentence(rng, seed, i).encode()]], dtype=np.object_))
+    return [tensor]
+
+
 async def _run_target(
     target: str, triton_url: str, gateway_url: str, key: str, c: int, seconds: float, seed: int
 ) -> tuple[list[float], int, float]:
     rng = np.random.default_rng(seed)
     auth = {"Authorization": f"Bearer {key}"}
-    if target == "triton-grpc":
+    if target.startswith("triton-grpc"):
         client = grpcaio.InferenceServerClient(triton_url)
 
-        async def send_grpc(_: int) -> bool:
+        async def send_grpc(i: int) -> bool:
             try:
-                await client.infer("minilm", grpc_text_inputs(_ids(rng)), client_timeout=30)
+                if target == "triton-grpc-text":
+                    await client.infer("minilm_text", _text_input(rng, seed, i), client_timeout=30)
+                else:
+                    await client.infer("minilm", grpc_text_inputs(_ids(rng)), client_timeout=30)
             except Exception:
                 return False
             return True
@@ -104,7 +122,7 @@ async def _run_target(
                 return await post(
                     "/v2/models/minilm/infer", data=fixed_body, headers={**auth, **fixed_headers}
                 )
-            text = " ".join(rng.choice(WORDS, size=10)) + f" {seed}-{i}"
+            text = _sentence(rng, seed, i)
             return await post(
                 "/v1/embeddings", json={"input": text, "model": "minilm"}, headers=auth
             )
@@ -112,7 +130,13 @@ async def _run_target(
         return await _closed_loop(send_http, c, seconds, 1.0)
 
 
-TARGETS = ("triton-grpc", "gateway-v2-miss", "gateway-embeddings-miss", "gateway-v2-hit")
+TARGETS = (
+    "triton-grpc",
+    "triton-grpc-text",
+    "gateway-v2-miss",
+    "gateway-embeddings-miss",
+    "gateway-v2-hit",
+)
 
 
 def main(
@@ -125,6 +149,9 @@ def main(
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on a kill too
     settings = StackSettings()
     levels = [int(c) for c in concurrency.split(",")]
+    # the encoder and, when exported, its text pipeline (what /v1/embeddings calls)
+    models = [m for m in servable_models(settings.model_repository)[0] if m.startswith("minilm")]
+    targets = [t for t in TARGETS if t != "triton-grpc-text" or "minilm_text" in models]
     with tempfile.TemporaryDirectory(prefix="tritonstack-bench-") as tmp:
         work = Path(tmp)
         triton = TritonServer(
@@ -132,7 +159,7 @@ def main(
             settings.model_repository,
             work_dir=work / "triton",
             model_control_mode="explicit",
-            extra_args=["--load-model=minilm"],
+            extra_args=[f"--load-model={m}" for m in models],
         )
         with triton, RedisServer(work / "redis") as redis:
             key = "ts_" + secrets.token_urlsafe(32)  # a tenant the load cannot rate-limit
@@ -151,7 +178,7 @@ def main(
                 points: list[Point] = []
                 for repeat in range(repeats):
                     for c in levels:
-                        for target in TARGETS:
+                        for target in targets:
                             lat, errors, secs = asyncio.run(
                                 _run_target(
                                     target, triton.grpc_url, gateway.url, key, c, seconds,
@@ -161,19 +188,21 @@ def main(
                             point = _point(target, c, repeat, lat, errors, secs)
                             console.print(point)
                             points.append(point)
-    summary = _summarize(points, levels)
+    summary = _summarize(points, levels, targets)
     console.print(_table(summary))
     if save is not None:
         _save(save, points, summary, concurrency, seconds, repeats)
 
 
-def _summarize(points: list[Point], levels: list[int]) -> list[dict[str, object]]:
+def _summarize(
+    points: list[Point], levels: list[int], targets: list[str]
+) -> list[dict[str, object]]:
     rows = []
     for c in levels:
         base = [p for p in points if p.concurrency == c and p.target == "triton-grpc"]
         base_tp = statistics.median(p.throughput for p in base)
         base_p50 = statistics.median(p.p50_ms for p in base)
-        for target in TARGETS:
+        for target in targets:
             mine = [p for p in points if p.concurrency == c and p.target == target]
             tp = [p.throughput for p in mine]
             rows.append(

@@ -158,6 +158,38 @@ def _embed_both(
     return ok
 
 
+def _raw_strings(console: Console, state: stack.TritonState, repository: Path) -> bool:
+    """3b. Raw strings over gRPC to the text pipeline ``minilm_text`` (a Triton ensemble: the
+    model's tokenizer as a python-backend model, then the encoder): no client-side tokenizer."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    texts = np.array([s.encode() for s in SENTENCES], dtype=np.object_).reshape(-1, 1)
+    tensor = grpcclient.InferInput("text", list(texts.shape), "BYTES")
+    tensor.set_data_from_numpy(texts)
+    client = grpcclient.InferenceServerClient(state.grpc_url)
+    try:
+        start = time.perf_counter()
+        result = client.infer("minilm_text", [tensor], client_timeout=30)
+        elapsed = (time.perf_counter() - start) * 1000
+    except InferenceServerException as exc:
+        console.print(f"[red]3b. raw strings to minilm_text failed[/]: {exc.message()}")
+        return False
+    finally:
+        client.close()
+    floor, variant = served_floor(repository)
+    vectors = result.as_numpy("sentence_embedding")
+    cosine = float(np.min(np.sum(vectors * _reference(SENTENCES), axis=1)))
+    tokens = result.as_numpy("token_count").ravel().tolist()
+    color = "green" if cosine >= floor else "red"
+    console.print(
+        f"[{color}]3b. raw strings over gRPC[/] to minilm_text (tokenizer -> minilm {variant} "
+        f"in Triton): min cosine vs PyTorch {cosine:.7f} (floor {floor}), token counts "
+        f"{tokens}, {elapsed:.1f} ms"
+    )
+    return cosine >= floor
+
+
 def perf_sweep(
     console: Console,
     settings: StackSettings,
@@ -315,6 +347,7 @@ def run_demo(console: Console) -> int:
     ok = _embed_both(
         console, state, settings.model_repository, (gateway.url, key) if gateway else None
     )
+    ok = _raw_strings(console, state, settings.model_repository) and ok
     console.print("4. perf_analyzer sweep")
     ok = perf_sweep(console, settings, state, [1, 4]) and ok
     if gateway is not None:

@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
-# NVIDIA's Triton image plus what the `cpu` target's python-backend model.py imports (ONNX
-# Runtime, numpy<2): for clusters without GPUs (the `cpu` overlay). The `gpu` overlay uses
-# NVIDIA's image unchanged (native onnxruntime_onnx backend).
-#   docker build -f deploy/docker/triton-cpu.Dockerfile -t "$REGISTRY/tritonstack-triton-cpu:$TAG" .
+# NVIDIA's Triton image plus what the `cpu` target's python-backend models import: ONNX Runtime
+# and numpy<2 for the encoder's model.py, `tokenizers` for the text tokenizer (<model>_tokenizer,
+# pinned as the local runtime: requirements/triton-runtime.txt). For clusters without GPUs (the
+# `cpu` overlay); the `gpu` overlay's image is deploy/docker/triton.Dockerfile.
+#   docker build -f deploy/docker/triton-cpu.Dockerfile -t "$REGISTRY/triton-cpu:24.10-py3" .
 FROM nvcr.io/nvidia/tritonserver:24.10-py3
-RUN pip install --no-cache-dir "numpy<2" "onnxruntime==1.19.2"
+RUN pip install --no-cache-dir "numpy<2" "onnxruntime==1.19.2" "tokenizers==0.23.3"

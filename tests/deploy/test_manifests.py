@@ -46,7 +46,8 @@ def test_gpu_overlay_has_what_production_needs(kubectl: str) -> None:
 
     triton_pod = objects["Deployment/triton"]["spec"]["template"]["spec"]
     triton = _container(objects, "triton")
-    assert triton["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51
+    # Triton 2.51: NVIDIA's 24.10-py3 plus `tokenizers` (deploy/docker/triton.Dockerfile)
+    assert triton["image"] == "registry.example.com/tritonstack/triton:24.10-py3"
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
@@ -60,8 +61,11 @@ def test_gpu_overlay_has_what_production_needs(kubectl: str) -> None:
     init = triton_pod["initContainers"][0]
     assert init["image"].startswith("registry.example.com/tritonstack/models:")
 
+    gateway_pod = objects["Deployment/gateway"]["spec"]["template"]["spec"]
     gateway = _container(objects, "gateway")
     assert gateway["image"].startswith("registry.example.com/tritonstack/gateway:")
+    # the tokenizer runs in Triton (minilm_text): the gateway pod needs no model files
+    assert "initContainers" not in gateway_pod
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert objects["Deployment/gateway"]["spec"]["template"]["spec"]["securityContext"][

@@ -242,11 +242,16 @@ def test_write_text_pipeline_writes_nothing_when_it_fails(
     assert [p.name for p in tmp_path.iterdir()] == ["broken.json"]
 
 
-def test_committed_pipeline_configs_match_the_generator(encoder) -> None:
-    """The tracked configs are what `write_text_pipeline` writes beside the tracked encoder."""
+@pytest.mark.parametrize(
+    "repository", [TRACKED, ROOT / "deploy" / "triton" / "model_repository_gpu"], ids=["cpu", "gpu"]
+)
+def test_committed_pipeline_configs_match_the_generator(repository: Path) -> None:
+    """The tracked configs (local cpu repository, the gpu repository the Kubernetes overlay
+    serves) are what `write_text_pipeline` writes beside that repository's tracked encoder."""
+    encoder = load_config(repository / "minilm" / "config.pbtxt")
     tokenizer = build_tokenizer_config(encoder, max_length=256)
-    assert load_config(TRACKED / "minilm_tokenizer" / "config.pbtxt") == tokenizer
-    assert load_config(TRACKED / "minilm_text" / "config.pbtxt") == build_ensemble_config(
+    assert load_config(repository / "minilm_tokenizer" / "config.pbtxt") == tokenizer
+    assert load_config(repository / "minilm_text" / "config.pbtxt") == build_ensemble_config(
         encoder, tokenizer
     )
 

@@ -36,6 +36,7 @@ import signal
 import statistics
 import sys
 import tempfile
+import urllib.request
 from dataclasses import asdict
 from datetime import date
 from pathlib import Path
@@ -46,6 +47,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 import typer
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
@@ -130,6 +132,47 @@ async def _run_target(
         return await _closed_loop(send_http, c, seconds, 1.0)
 
 
+def _durations(gateway_url: str) -> dict[str, float]:
+    """The gateway's own timing counters: the sum and count of its request durations (from the
+    middleware's entry to the response's last byte) and of its upstream (gRPC) calls."""
+    with urllib.request.urlopen(f"{gateway_url}/metrics", timeout=10) as response:
+        return durations_from_text(response.read().decode())
+
+
+def durations_from_text(text: str) -> dict[str, float]:
+    """Sum and count of the model routes' request durations and of the upstream calls, from a
+    Prometheus exposition (routes without a model, /metrics and health, are left out)."""
+    totals = dict.fromkeys(("request_sum", "request_count", "upstream_sum", "upstream_count"), 0.0)
+    for family in text_string_to_metric_families(text):
+        kind = {"gateway_request_duration_seconds": "request",
+                "gateway_upstream_duration_seconds": "upstream"}.get(family.name)  # fmt: skip
+        for sample in family.samples if kind else ():
+            for suffix in ("sum", "count"):
+                if sample.name.endswith(f"_{suffix}") and sample.labels.get("model"):
+                    totals[f"{kind}_{suffix}"] += sample.value
+    return totals
+
+
+def split_time(
+    before: dict[str, float], after: dict[str, float], client_ms: float
+) -> dict[str, float]:
+    """Where a gateway request's time goes (means per request over the point, warm-up
+    included): the client's round trip, the gateway's own time from the first to the last byte,
+    the time in upstream (gRPC) calls, what is left in the gateway (auth, limits, validation,
+    cache, encoding) and what is left outside it (HTTP on the wire, the client)."""
+    delta = {k: after[k] - before[k] for k in after}
+    requests = max(delta["request_count"], 1)
+    server = 1000 * delta["request_sum"] / requests
+    upstream = 1000 * delta["upstream_sum"] / requests  # a cache hit calls nothing upstream
+    return {
+        "client_mean_ms": round(client_ms, 2),
+        "gateway_server_ms": round(server, 2),
+        "upstream_ms": round(upstream, 2),
+        "gateway_own_ms": round(server - upstream, 2),
+        "http_and_client_ms": round(client_ms - server, 2),
+    }
+
+
 TARGETS = (
     "triton-grpc",
     "triton-grpc-text",
@@ -176,9 +219,11 @@ def main(
             )
             with gateway:
                 points: list[Point] = []
+                splits: dict[tuple[str, int, int], dict[str, float]] = {}
                 for repeat in range(repeats):
                     for c in levels:
                         for target in targets:
+                            before = _durations(gateway.url)
                             lat, errors, secs = asyncio.run(
                                 _run_target(
                                     target, triton.grpc_url, gateway.url, key, c, seconds,
@@ -188,14 +233,24 @@ def main(
                             point = _point(target, c, repeat, lat, errors, secs)
                             console.print(point)
                             points.append(point)
-    summary = _summarize(points, levels, targets)
+                            mean_ms = 1000 * statistics.fmean(lat) if lat else float("nan")
+                            if target.startswith("gateway"):
+                                splits[(target, c, repeat)] = split_time(
+                                    before, _durations(gateway.url), mean_ms
+                                )
+                            else:
+                                splits[(target, c, repeat)] = {"client_mean_ms": round(mean_ms, 2)}
+    summary = _summarize(points, levels, targets, splits)
     console.print(_table(summary))
     if save is not None:
         _save(save, points, summary, concurrency, seconds, repeats)
 
 
 def _summarize(
-    points: list[Point], levels: list[int], targets: list[str]
+    points: list[Point],
+    levels: list[int],
+    targets: list[str],
+    splits: dict[tuple[str, int, int], dict[str, float]] | None = None,
 ) -> list[dict[str, object]]:
     rows = []
     for c in levels:
@@ -216,9 +271,18 @@ def _summarize(
                     "added_p50_ms": round(statistics.median(p.p50_ms for p in mine) - base_p50, 2),
                     "p99_ms": max(p.p99_ms for p in mine),
                     "errors": sum(p.errors for p in mine),
+                    **_median_split(splits or {}, target, c),
                 }
             )
     return rows
+
+
+def _median_split(
+    splits: dict[tuple[str, int, int], dict[str, float]], target: str, c: int
+) -> dict[str, float]:
+    mine = [v for (t, level, _), v in splits.items() if t == target and level == c]
+    keys = mine[0].keys() if mine else ()
+    return {k: round(statistics.median(v[k] for v in mine), 2) for k in keys}
 
 
 def _table(rows: list[dict[str, object]]) -> Table:
@@ -284,6 +348,29 @@ def _save(
             f"{r['vs_triton']:.2f}x | {r['p50_ms']} | {r['added_p50_ms']} | {r['p99_ms']} | "
             f"{r['errors']} |"
         )
+    lines += [
+        "",
+        "Where the time goes (means per request, median over repeats; the gateway's own "
+        "`gateway_request_duration_seconds` and `gateway_upstream_duration_seconds` counters, "
+        "read before and after each point):",
+        "",
+        "| target | concurrency | client mean ms | gateway first→last byte ms "
+        "| upstream gRPC ms per request "
+        "| gateway own ms | HTTP + client ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in summary:
+        if "gateway_server_ms" in r:
+            lines.append(
+                f"| {r['target']} | {r['concurrency']} | {r['client_mean_ms']} | "
+                f"{r['gateway_server_ms']} | {r['upstream_ms']} | {r['gateway_own_ms']} | "
+                f"{r['http_and_client_ms']} |"
+            )
+        elif "client_mean_ms" in r:
+            lines.append(
+                f"| {r['target']} | {r['concurrency']} | {r['client_mean_ms']} | | "
+                f"{r['client_mean_ms']} (direct) | | |"
+            )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     Console().print(f"wrote {stem}.json and {stem}.md")
 

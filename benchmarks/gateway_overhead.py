@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import platform
 import secrets
 import signal
 import statistics
@@ -51,6 +50,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks import report
 from benchmarks.loadgen import Point, grpc_text_inputs, random_ids
 from benchmarks.loadgen import binary_body as _binary_body
 from benchmarks.loadgen import closed_loop as _closed_loop
@@ -300,13 +300,7 @@ def _table(rows: list[dict[str, object]]) -> Table:
 
 
 def _machine() -> str:
-    import os
-
-    return (
-        f"{platform.node()}: {os.cpu_count()} CPU cores ({platform.processor() or 'x86_64'}), "
-        f"no GPU, {platform.platform()}, Python {platform.python_version()}; load generator, "
-        "gateway, Redis and Triton share the same cores"
-    )
+    return report.machine("load generator, gateway, Redis and Triton share the same cores")
 
 
 def _save(

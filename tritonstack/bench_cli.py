@@ -18,6 +18,9 @@ console = Console()
 err = Console(stderr=True)
 
 
+NOTHING_FITS = 3  # `bench search`: every candidate measured, none within the p99 budget
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(code)
@@ -178,4 +181,9 @@ def search(
         for path in save_search(save, result, p99_budget_ms):
             console.print(f"wrote {path}")
     if result.chosen is None:
-        raise _fail(f"no candidate met p99 ≤ {p99_budget_ms:g} ms")
+        # exit 3: measured fine, nothing fits (make bench goes on to the peers); 1: it broke
+        raise _fail(
+            f"no candidate met p99 ≤ {p99_budget_ms:g} ms; the config is unchanged. A slower "
+            "machine needs a larger --p99-budget-ms or a lower top --concurrency",
+            code=NOTHING_FITS,
+        )

@@ -4,8 +4,6 @@ in-process throughput at batch 1/8/32) and which one would be served."""
 from __future__ import annotations
 
 import json
-import os
-import platform
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks import report
 from export.models import minilm
 from export.torch2onnx import torch_to_onnx
 from export.variants import Budgets, build_variants, fastest
@@ -86,7 +85,7 @@ def run_variants(
         return True
     save.mkdir(parents=True, exist_ok=True)
     stem = save / f"{date.today().isoformat()}-vm-variants"
-    machine = f"{os.cpu_count()} CPU cores, no GPU, {platform.platform()}"
+    machine = report.machine(shares="")
     stem.with_suffix(".json").write_text(
         json.dumps({"machine": machine, "rows": rows,
                     "chosen": chosen.variant.value if chosen else None}, indent=2) + "\n"

@@ -113,3 +113,18 @@ def test_reduced_precision_run_compares_with_the_fp32_ceiling(tmp_path: Path) ->
     paths = report.save(tmp_path, points, [], command="bench", variant="int8")
     assert json.loads(paths[0].read_text())["served_variant"] == "int8"
     assert "Served variant: **int8**" in paths[1].read_text()
+
+
+def test_cpu_model_names_the_cpu_and_its_int8_instruction_sets(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    block = (
+        "processor\t: {n}\nmodel name\t: Intel(R) Xeon(R) Platinum  8481C\n"
+        "flags\t\t: fpu sse avx2 avx512f avx512_vnni amx_int8\n"
+    )
+    cpuinfo.write_text(block.format(n=0) + "\n" + block.format(n=1).replace("amx_int8", ""))
+    assert (
+        report.cpu_model(cpuinfo) == "Intel(R) Xeon(R) Platinum 8481C, avx512_vnni/amx_int8/avx512f"
+    )
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: sse avx2\n")
+    assert report.cpu_model(cpuinfo) == "AMD EPYC, avx2"
+    assert report.cpu_model(tmp_path / "absent") not in ("", None)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tokenizers import Tokenizer
 
 from deploy.local import TritonRuntime, TritonServer
 from deploy.local.redis import RedisServer
@@ -76,6 +77,15 @@ def model_repository(minilm_export: ExportResult, minilm_spec: ModelSpec) -> Pat
 def tokenizer_json(minilm_export: ExportResult) -> Path:
     assert minilm_export.version_dir is not None
     return minilm_export.version_dir / "tokenizer.json"
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_json: Path) -> Tokenizer:
+    """The model's own tokenizer, unpadded and untruncated: what the text pipeline must match."""
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import pytest
 import tritonclient.grpc as grpcclient
@@ -15,14 +13,6 @@ from tests.fixtures_gateway import AUTH, StartGateway
 pytestmark = pytest.mark.integration
 NO_CACHE = {**AUTH, "Cache-Control": "no-cache"}
 TOO_LONG = "word " * 300  # 302 tokens; the model takes 256
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_json: Path) -> Tokenizer:
-    tok = Tokenizer.from_file(str(tokenizer_json))
-    tok.no_padding()
-    tok.no_truncation()
-    return tok
 
 
 def _inferences(triton: TritonServer, model: str) -> int:

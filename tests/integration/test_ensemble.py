@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import queue
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,14 +36,6 @@ def reference() -> dict[str, np.ndarray]:
     model = SentenceTransformer(str(model_path()), device="cpu")
     texts = [*TEXTS, *_many()]
     return dict(zip(texts, np.asarray(model.encode(texts, normalize_embeddings=True)), strict=True))
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_json: Path) -> Tokenizer:
-    tok = Tokenizer.from_file(str(tokenizer_json))
-    tok.no_padding()
-    tok.no_truncation()
-    return tok
 
 
 @pytest.fixture

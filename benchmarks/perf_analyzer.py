@@ -48,6 +48,7 @@ class PerfPoint:
     client_send_ms: float
     client_recv_ms: float
     shared_memory: str = "none"  # none | system (inputs/outputs through POSIX shared memory)
+    model: str = "minilm"
 
     def as_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
@@ -68,6 +69,15 @@ def write_input_data(
         }
         for e in tokenizer.encode_batch(list(texts))
     ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"data": data}))
+    return out
+
+
+def write_text_input_data(texts: Sequence[str], out: Path, name: str = "text") -> Path:
+    """perf_analyzer ``--input-data`` JSON for a text pipeline: one raw string per request
+    (a BYTES input of shape [1]), tokenised inside Triton."""
+    data = [{name: {"content": [t], "shape": [1]}} for t in texts]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"data": data}))
     return out
@@ -128,7 +138,11 @@ def _ms(row: dict[str, str], column: str) -> float:
 
 
 def parse_csv(
-    path: Path, batch_size: int, protocol: str = "grpc", shared_memory: str = "none"
+    path: Path,
+    batch_size: int,
+    protocol: str = "grpc",
+    shared_memory: str = "none",
+    model: str = "minilm",
 ) -> list[PerfPoint]:
     """Points of a perf_analyzer ``-f`` CSV, sorted by concurrency."""
     with path.open(newline="") as fh:
@@ -153,6 +167,7 @@ def parse_csv(
             client_send_ms=_ms(row, "Client Send"),
             client_recv_ms=_ms(row, "Client Recv"),
             shared_memory=shared_memory,
+            model=model,
         )
         for row in rows
     ]
@@ -221,7 +236,7 @@ def run_sweep(
             f"{'' if done.returncode else ' but wrote no CSV'}: {shlex.join(command)}\n"
             f"{_tail(done.stdout, done.stderr)}"
         )
-    return Sweep(command, parse_csv(csv_path, batch_size, protocol, shared_memory))
+    return Sweep(command, parse_csv(csv_path, batch_size, protocol, shared_memory, model))
 
 
 def _tail(*streams: str | bytes | None, chars: int = 2000) -> str:
@@ -235,6 +250,7 @@ def _tail(*streams: str | bytes | None, chars: int = 2000) -> str:
 def render_table(points: Sequence[PerfPoint], title: str = "perf_analyzer") -> Table:
     table = Table(title=title)
     columns = (
+        "model",
         "proto",
         "conc",
         "batch",
@@ -252,6 +268,7 @@ def render_table(points: Sequence[PerfPoint], title: str = "perf_analyzer") -> T
         table.add_column(column, justify="right")
     for p in points:
         table.add_row(
+            p.model,
             p.protocol,
             str(p.concurrency),
             str(p.batch_size),
@@ -270,12 +287,13 @@ def render_table(points: Sequence[PerfPoint], title: str = "perf_analyzer") -> T
 
 def to_markdown(points: Sequence[PerfPoint]) -> str:
     header = (
-        "| protocol | concurrency | batch | infer/s | p50 ms | p95 ms | p99 ms | "
+        "| model | protocol | concurrency | batch | infer/s | p50 ms | p95 ms | p99 ms | "
         "server queue ms | server infer ms | server input ms | server output ms | shared memory |"
     )
-    lines = [header, "|" + "---|" * 12]
+    lines = [header, "|" + "---|" * 13]
     lines += [
-        f"| {p.protocol} | {p.concurrency} | {p.batch_size} | {p.throughput_infer_per_s:.1f} | "
+        f"| {p.model} | {p.protocol} | {p.concurrency} | {p.batch_size} | "
+        f"{p.throughput_infer_per_s:.1f} | "
         f"{p.p50_ms:.1f} | {p.p95_ms:.1f} | {p.p99_ms:.1f} | {p.server_queue_ms:.2f} | "
         f"{p.server_compute_infer_ms:.2f} | {p.server_compute_input_ms:.2f} | "
         f"{p.server_compute_output_ms:.2f} | {p.shared_memory} |"

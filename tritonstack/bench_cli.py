@@ -45,8 +45,12 @@ def bench(
     shared_memory: Annotated[
         str, typer.Option(help="none, system (POSIX shm, same host) or both")
     ] = "none",
+    model: Annotated[
+        str,
+        typer.Option(help="minilm (token ids), minilm_text (raw strings: the ensemble) or both"),
+    ] = "minilm",
 ) -> None:
-    """A short perf_analyzer sweep of minilm against the running stack."""
+    """A short perf_analyzer sweep of the served models against the running stack."""
     if ctx.invoked_subcommand is not None:
         return
     from deploy.local import stack
@@ -64,9 +68,10 @@ def bench(
     if not set(shm) <= {"none", "system"}:
         raise _fail(f"--shared-memory must be none, system or both, got {shared_memory!r}")
     batches = tuple(_ints(batch_size, "--batch-size"))
+    models = ("minilm", "minilm_text") if model == "both" else tuple(model.split(","))
     if not perf_sweep(
         console, settings, state, points, protocols, save_to=save, batch_sizes=batches,
-        shared_memory=shm,
+        shared_memory=shm, models=models,
     ):  # fmt: skip
         raise typer.Exit(1)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -199,6 +198,7 @@ def perf_sweep(
     save_to: Path | None = None,
     batch_sizes: tuple[int, ...] = (1,),
     shared_memory: tuple[str, ...] = ("none",),
+    models: tuple[str, ...] = ("minilm",),
 ) -> bool:
     """A short perf_analyzer sweep per protocol (x request batch size x shared memory) against
     the running stack; prints the table with the server-side split.
@@ -210,27 +210,38 @@ def perf_sweep(
         render_table,
         run_sweep,
         write_input_data,
+        write_text_input_data,
     )
+    from export.ensemble import text_model_name
 
     out_dir = settings.home / "bench"
     tokenizer = served_dir(settings.model_repository, "minilm") / "tokenizer.json"
-    data = write_input_data(SENTENCES, tokenizer, out_dir / "minilm-input.json", length=16)
+    inputs = {  # token ids (16 per request) for the encoder, raw sentences for its text pipeline
+        "minilm": write_input_data(SENTENCES, tokenizer, out_dir / "minilm-input.json", length=16),
+        text_model_name("minilm"): write_text_input_data(SENTENCES, out_dir / "text-input.json"),
+    }
+    unknown = set(models) - set(inputs)
+    if unknown:
+        console.print(f"[red]no perf_analyzer input for {sorted(unknown)}[/]: use {list(inputs)}")
+        return False
     runtime = TritonRuntime(settings.runtime_dir)
     points = []
     commands = []
-    for protocol, batch, shm in itertools.product(protocols, batch_sizes, shared_memory):
+    for model, protocol, batch, shm in itertools.product(
+        models, protocols, batch_sizes, shared_memory
+    ):
         url = state.grpc_url if protocol == "grpc" else state.http_url
         try:
             with console.status(
-                f"perf_analyzer over {protocol}, concurrency {concurrency}, batch {batch}, "
-                f"shared memory {shm}"
+                f"perf_analyzer: {model} over {protocol}, concurrency {concurrency}, batch "
+                f"{batch}, shared memory {shm}"
             ):
                 sweep = run_sweep(
                     runtime,
-                    "minilm",
+                    model,
                     url,
                     protocol=protocol,  # type: ignore[arg-type]
-                    input_data=data,
+                    input_data=inputs[model],
                     concurrency=concurrency,
                     out_dir=out_dir,
                     batch_size=batch,
@@ -242,7 +253,7 @@ def perf_sweep(
         console.print(f"[dim]$ {sweep.command_line}[/]", highlight=False)
         points += sweep.points
         commands.append(sweep.command_line)
-    console.print(render_table(points, "perf_analyzer: minilm, 16 tokens"))
+    console.print(render_table(points, f"perf_analyzer: {', '.join(models)}"))
     if save_to is not None:
         for path in save_results(save_to, points, commands):
             console.print(f"wrote {path}")
@@ -256,9 +267,10 @@ def save_results(directory: Path, points: list, commands: list[str]) -> list[Pat
     directory.mkdir(parents=True, exist_ok=True)
     host = platform.node() or "host"
     stem = directory / f"{time.strftime('%Y-%m-%d')}-{host}-perf-analyzer"
-    machine = (
-        f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
-        "no GPU (tritonserver 2.51 python backend + ONNX Runtime CPU)"
+    from benchmarks.report import machine as describe
+
+    machine = describe("perf_analyzer and Triton share the cores") + (
+        "; tritonserver 2.51 python backend + ONNX Runtime CPU"
     )
     stem.with_suffix(".json").write_text(
         json.dumps(
@@ -268,7 +280,9 @@ def save_results(directory: Path, points: list, commands: list[str]) -> list[Pat
         + "\n"
     )
     md = (
-        f"# perf_analyzer: minilm (16 tokens, batch 1)\n\nMachine: {machine}\n\n"
+        f"# perf_analyzer: {', '.join(sorted({p.model for p in points}))}\n\n"
+        "Inputs: `minilm` 16 token ids per item; `minilm_text` one raw sentence per item "
+        f"(tokenised in Triton).\n\nMachine: {machine}\n\n"
         + to_markdown(points)
         + "\nCommands:\n\n"
         + "".join(f"    {c}\n" for c in commands)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from tokenizers import Tokenizer
 from tritonclient.utils import InferenceServerException
 
 from deploy.local import TritonServer
+from deploy.local.runtime import TritonRuntime
 
 pytestmark = pytest.mark.integration
 MODEL = "minilm_text"
@@ -196,3 +198,30 @@ def test_bad_requests_never_fail_the_others_in_flight(
             assert _rel_error(vector, reference[next(texts)]) < 1e-4
     # bad and good requests shared tokenizer executions (so the per-request errors mattered)
     assert executions < len(requests), executions
+
+
+def test_perf_analyzer_measures_the_pipeline_with_raw_strings(
+    triton: TritonServer, runtime: TritonRuntime, tmp_path: Path
+) -> None:
+    """The real perf_analyzer drives the ensemble with raw strings and reports the server-side
+    split (`tritonstack bench --model minilm_text`)."""
+    from benchmarks.perf_analyzer import run_sweep, write_text_input_data
+
+    data = write_text_input_data(TEXTS, tmp_path / "text.json")
+    sweep = run_sweep(
+        runtime, MODEL, triton.grpc_url, protocol="grpc", input_data=data, concurrency=[2],
+        out_dir=tmp_path, measurement_interval_ms=500, max_trials=3, timeout_s=120,
+    )  # fmt: skip
+    (point,) = sweep.points
+    assert point.model == MODEL and point.concurrency == 2
+    assert point.throughput_infer_per_s > 0 and point.server_compute_infer_ms > 0
+    assert _inference_count(triton, "minilm_tokenizer") > 0  # the tokenizer really ran
+
+
+def _inference_count(triton: TritonServer, model: str) -> int:
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    try:
+        stats = client.get_inference_statistics(model, as_json=True)
+    finally:
+        client.close()
+    return int(stats["model_stats"][0]["inference_count"])

@@ -181,3 +181,20 @@ def test_run_sweep_kills_perf_analyzer_at_its_timeout(tmp_path: Path) -> None:
     with pytest.raises(PerfAnalyzerError, match=r"did not finish within 0.5 s \(killed\)"):
         _sweep(runtime, tmp_path, timeout_s=0.5)
     assert time.monotonic() - start < 10
+
+
+def test_text_input_data_is_one_raw_string_per_request(tmp_path: Path) -> None:
+    from benchmarks.perf_analyzer import write_text_input_data
+
+    path = write_text_input_data(["hello world", "ünïcode ok"], tmp_path / "t.json")
+    data = json.loads(path.read_text(encoding="utf-8"))["data"]
+    assert data == [
+        {"text": {"content": ["hello world"], "shape": [1]}},
+        {"text": {"content": ["ünïcode ok"], "shape": [1]}},
+    ]
+
+
+def test_points_carry_their_model_into_the_tables() -> None:
+    points = parse_csv(DATA, batch_size=1, protocol="grpc", model="minilm_text")
+    assert {p.model for p in points} == {"minilm_text"}
+    assert "| minilm_text | grpc | 1 | 1 | 57.2 |" in to_markdown(points)

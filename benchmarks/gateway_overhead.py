@@ -43,7 +43,6 @@ from typing import cast
 
 import aiohttp
 import numpy as np
-import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 import typer
 from prometheus_client.parser import text_string_to_metric_families
@@ -51,7 +50,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks import report
-from benchmarks.loadgen import Point, grpc_text_inputs, random_ids
+from benchmarks.loadgen import Point, grpc_string_input, grpc_text_inputs, random_ids
 from benchmarks.loadgen import binary_body as _binary_body
 from benchmarks.loadgen import closed_loop as _closed_loop
 from benchmarks.loadgen import make_point as _point
@@ -73,14 +72,9 @@ def _ids(rng: np.random.Generator) -> np.ndarray:
 
 
 def _sentence(rng: np.random.Generator, seed: int, i: int) -> str:
-    """A fresh sentence of about ``SEQ`` tokens (never a cache hit)."""
+    """A fresh sentence of ten words plus a unique suffix (never a cache hit): 23-27 tokens
+    with MiniLM's tokenizer, more than the ``SEQ`` ids of the ``triton-grpc`` target."""
     return " ".join(rng.choice(WORDS, size=10)) + f" {seed}-{i}"
-
-
-def _text_input(rng: np.random.Generator, seed: int, i: int) -> list[grpcclient.InferInput]:
-    tensor = grpcclient.InferInput("text", [1, 1], "BYTES")
-    tensor.set_data_from_numpy(np.array([[_sentence(rng, seed, i).encode()]], dtype=np.object_))
-    return [tensor]
 
 
 async def _run_target(
@@ -94,7 +88,8 @@ async def _run_target(
         async def send_grpc(i: int) -> bool:
             try:
                 if target == "triton-grpc-text":
-                    await client.infer("minilm_text", _text_input(rng, seed, i), client_timeout=30)
+                    text = [_sentence(rng, seed, i)]
+                    await client.infer("minilm_text", grpc_string_input(text), client_timeout=30)
                 else:
                     await client.infer("minilm", grpc_text_inputs(_ids(rng)), client_timeout=30)
             except Exception:

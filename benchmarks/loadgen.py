@@ -60,6 +60,15 @@ def grpc_text_inputs(ids: np.ndarray) -> list[grpcclient.InferInput]:
     return tensors
 
 
+def grpc_string_input(texts: list[str], name: str = "text") -> list[grpcclient.InferInput]:
+    """Raw strings as one ``tritonclient.grpc`` BYTES tensor ``[n, 1]`` (a text pipeline's
+    input)."""
+    array = np.array([t.encode() for t in texts], dtype=np.object_).reshape(-1, 1)
+    tensor = grpcclient.InferInput(name, list(array.shape), "BYTES")
+    tensor.set_data_from_numpy(array)
+    return [tensor]
+
+
 def binary_body(ids: np.ndarray) -> tuple[bytes, dict[str, str]]:
     """A KServe v2 infer request with binary tensors (what ``tritonclient.http`` sends)."""
     arrays = text_arrays(ids)

@@ -34,8 +34,7 @@ def test_split_reads_the_gateways_counters_and_leaves_out_routes_without_a_model
 def test_a_cache_hit_point_has_no_upstream_time() -> None:
     metrics = Metrics()
     before = durations_from_text(generate_latest(metrics.registry).decode())
-    metrics.request_latency.labels("/v2/models/{model_name}/infer", "minilm", "200").observe(0.001)
-    for _ in range(3):
+    for _ in range(4):
         metrics.request_latency.labels("/v2/models/{model_name}/infer", "minilm", "200").observe(
             0.001
         )

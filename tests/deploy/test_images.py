@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from google.protobuf import text_format
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from tritonclient.grpc import model_config_pb2 as mc
 
 from export.ensemble import TOKENIZER_RUNNER, build_tokenizer_config
+from export.model_config import load_config
 from tests.deploy.conftest import DEPLOY
 
 ROOT = DEPLOY.parent
@@ -36,8 +35,8 @@ LAZY_ONLY = {"feast", "features.store"}
 PROVIDED_BY = {"starlette": "fastapi"}  # FastAPI's own dependency
 
 
-def _requirements() -> dict[str, Requirement]:
-    lines = [line.split("#")[0].strip() for line in REQUIREMENTS.read_text().splitlines()]
+def _requirements(path: Path = REQUIREMENTS) -> dict[str, Requirement]:
+    lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
     return {canonicalize_name(Requirement(line).name): Requirement(line) for line in lines if line}
 
 
@@ -141,13 +140,13 @@ def _triton_images() -> dict[str, tuple[Path | None, str | None]]:
 def _python_backend_tokenizers() -> list[str]:
     """The python-backend tokenizer models Triton will load: the one `tritonstack export`
     writes beside the gpu repository's encoder, and any tracked tokenizer config."""
-    encoder = text_format.Parse(GPU_ENCODER.read_text(), mc.ModelConfig())
+    encoder = load_config(GPU_ENCODER)
     max_length = int(encoder.parameters["max_sequence_length"].string_value)
     exported = build_tokenizer_config(encoder, max_length=max_length)
     found = [f"export: {exported.name}"] if exported.backend == "python" else []
     for repository in REPOSITORIES:
         for path in sorted(repository.glob("*/config.pbtxt")):
-            config = text_format.Parse(path.read_text(), mc.ModelConfig())
+            config = load_config(path)
             if config.backend == "python" and "tokenizer_filename" in config.parameters:
                 found.append(str(path.relative_to(ROOT)))
     return found
@@ -156,8 +155,7 @@ def _python_backend_tokenizers() -> list[str]:
 def _tokenizer_requirements() -> dict[str, Requirement]:
     """What the tokenizer's model.py imports beyond NVIDIA's image, pinned as the local runtime
     (requirements/triton-runtime.txt, where the tests run it)."""
-    lines = [line.split("#")[0].strip() for line in TRITON_RUNTIME.read_text().splitlines()]
-    pins = {canonicalize_name(Requirement(line).name): Requirement(line) for line in lines if line}
+    pins = _requirements(TRITON_RUNTIME)
     modules = _imports(".".join(TOKENIZER_RUNNER.relative_to(ROOT).with_suffix("").parts))
     needed = {m.split(".")[0] for m in modules} - set(sys.stdlib_module_names)
     needed -= TRITON_IMAGE_PROVIDES

@@ -138,3 +138,24 @@ def test_report_when_nothing_fits(tmp_path: Path) -> None:
     result = SearchResult(ms, None, A, None, "cmd", "")
     (_, md) = search_report.save_search(tmp_path, result, 100)
     assert "No candidate met" in md.read_text()
+
+
+@pytest.mark.parametrize(("chosen", "code"), [(None, 3), ("A", 0)])
+def test_search_cli_exits_3_when_nothing_fits_so_make_bench_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chosen: str | None, code: int
+) -> None:
+    """`make bench` runs `bench search ... || [ $? -eq 3 ]`: only 'measured, nothing within the
+    budget' may let the peers run; the search itself is faked here (it needs perf_analyzer)."""
+    from typer.testing import CliRunner
+
+    from benchmarks import config_search
+    from tritonstack.bench_cli import NOTHING_FITS, bench_app
+
+    ms = [_m(A, 200, 600)]
+    winner = aggregate(ms)[0] if chosen else None
+    monkeypatch.setattr(
+        config_search, "search", lambda *a, **k: SearchResult(ms, winner, A, None, "cmd", "")
+    )
+    result = CliRunner().invoke(bench_app, ["search", "--save", str(tmp_path)])
+    assert result.exit_code == code, result.output
+    assert (code == NOTHING_FITS) == ("no candidate met" in result.output)

@@ -22,6 +22,7 @@ lint: setup
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
 	@$(VENV)/bin/mypy tritonstack export deploy gateway benchmarks features
+	@$(VENV)/bin/lint-imports --no-logo  # the package layers of docs/architecture.md
 
 bench: setup  ## config search + peers side by side (installs the `bench` extra): benchmarks/results
 	@set -o pipefail; $(VENV)/bin/pip install -q --disable-pip-version-check -e ".[bench]" \

@@ -25,7 +25,6 @@ fp32-faithful model, else the served variant's own cosine budget (0.97 for int8)
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import secrets
 import signal
@@ -33,16 +32,18 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import aiohttp
 import numpy as np
+import torch
 import tritonclient.grpc.aio as grpcaio
+import typer
 from rich.console import Console
 
+from benchmarks import report
 from benchmarks.loadgen import (
     Point,
     binary_body,
@@ -59,7 +60,12 @@ from benchmarks.peers.common import (
     decode_v2_binary,
     encode_request,
 )
+from deploy.local.harness import local_stack, unlimited_tenant
 from deploy.local.process import BackgroundProcess, free_port
+from deploy.local.settings import StackSettings
+from export.models import minilm
+from export.reader import served
+from export.torch2onnx import torch_to_onnx
 
 SEQ = 32
 MIN_COSINE = 0.999
@@ -96,10 +102,6 @@ def sample_inputs(n: int = SAMPLES, seq: int = SEQ) -> np.ndarray:
 
 def torch_reference(ids: np.ndarray) -> np.ndarray:
     """PyTorch embeddings of ``ids`` [n, seq] with the real weights (what every system owes)."""
-    import torch
-
-    from export.models import minilm
-
     model = minilm.load().module.eval()
     t = torch.from_numpy(ids)
     with torch.inference_mode():
@@ -258,61 +260,9 @@ async def _run_ours(
     return points + p, [*checks, c]
 
 
-@contextmanager
-def our_stack(work: Path) -> Iterator[tuple[str, str, str]]:
-    """Triton (the committed model repository), redis-server and the gateway; yields
-    (Triton gRPC address, gateway URL, API key)."""
-    from deploy.local.gateway import GatewayProcess
-    from deploy.local.redis import RedisServer
-    from deploy.local.runtime import TritonRuntime
-    from deploy.local.settings import StackSettings
-    from deploy.local.triton import TritonServer
-
-    settings = StackSettings()
-    triton = TritonServer(
-        TritonRuntime(settings.runtime_dir),
-        settings.model_repository,
-        work_dir=work / "triton",
-        model_control_mode="explicit",
-        extra_args=["--load-model=minilm"],
-    )
-    key = "ts_" + secrets.token_urlsafe(32)
-    tenant = {
-        "key_sha256": [hashlib.sha256(key.encode()).hexdigest()],
-        "rate_per_s": 1e6,
-        "burst": 10**6,
-    }
-    with ExitStack() as stack:
-        stack.enter_context(triton)
-        redis = stack.enter_context(RedisServer(work / "redis"))
-        gateway = GatewayProcess(
-            work / "gateway",
-            triton_grpc_url=triton.grpc_url,
-            redis_url=redis.url,
-            settings={"GATEWAY_TENANTS": json.dumps({"bench": tenant})},
-        )
-        stack.enter_context(gateway)
-        yield triton.grpc_url, gateway.url, key
-
-
 # -- the ceiling -----------------------------------------------------------------------------
-def served_model() -> tuple[Path, str, float]:
-    """The served ``model.onnx`` of minilm, its variant, and the cosine its answers owe."""
-    from deploy.local.settings import StackSettings
-    from export.repository import read_report, served_dir
-
-    version_dir = served_dir(StackSettings().model_repository, "minilm")
-    served = (read_report(version_dir) or {}).get("served", {})
-    accuracy = served.get("accuracy", {})
-    floor = float(accuracy["budget"]) if accuracy.get("metric") == "cosine" else MIN_COSINE
-    return version_dir / "model.onnx", str(served.get("variant", "fp32")), floor
-
-
 def fp32_export(work: Path) -> Path:
     """MiniLM's fp32 ONNX, exported afresh (the served file may be a reduced variant)."""
-    from export.models import minilm
-    from export.torch2onnx import torch_to_onnx
-
     step = torch_to_onnx(minilm.load(), work / "fp32" / "model.onnx")
     if not step.ok or step.artefact is None:
         raise RuntimeError(f"fp32 export for the fp32 ceiling failed: {step.reason}")
@@ -373,10 +323,14 @@ def run(
     repeats: int,
     warmup_s: float = 2.0,
     console: Console | None = None,
+    settings: StackSettings | None = None,
 ) -> Run:
     """Measure ``systems`` and the ceiling, ``repeats`` times, interleaved; servers stopped."""
     console = console or Console()
-    onnx, variant, floor = served_model()
+    settings = settings or StackSettings()
+    now = served(settings.model_repository, "minilm")
+    onnx, variant, floor = now.artefact, now.variant, now.cosine_floor(MIN_COSINE)
+    key, tenants = unlimited_tenant()
     if not onnx.is_file():
         raise FileNotFoundError(f"{onnx} is missing: run `tritonstack export` first")
     console.print(f"served variant: {variant} ({onnx}); answers owe cosine >= {floor}")
@@ -415,11 +369,14 @@ def run(
                         )  # fmt: skip
                     cs = [c]
                 else:  # our stack: Triton gRPC and the gateway (cache miss), one start
-                    with our_stack(work / f"stack-{repeat}") as (grpc_url, gateway_url, key):
+                    stack = local_stack(
+                        work / f"stack-{repeat}", settings, models=["minilm"], tenants=tenants
+                    )
+                    with stack as ours:
                         console.print(f"  up in {time.perf_counter() - started:.1f} s")
                         p, cs = asyncio.run(
-                            _run_ours(grpc_url, gateway_url, key, levels, repeat, seconds,
-                                      warmup_s, samples, reference)
+                            _run_ours(ours.triton.grpc_url, ours.gateway_url, key, levels, repeat,
+                                      seconds, warmup_s, samples, reference)
                         )  # fmt: skip
                 for point in p:
                     console.print(
@@ -443,14 +400,11 @@ def main(
     seconds: float = 6.0,
     repeats: int = 2,
     save: Path | None = None,
+    console: Console | None = None,
 ) -> Run:
     """Run, print the table, and with ``save`` write JSON, markdown and plots; fails on a wrong
     answer from any system."""
-    from dataclasses import asdict
-
-    from benchmarks import report
-
-    console = Console()
+    console = console or Console()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on a kill too
     levels = [int(c) for c in concurrency.split(",")]
     sizes = [int(b) for b in batches.split(",") if b]
@@ -458,7 +412,7 @@ def main(
     unknown = set(chosen) - set(SYSTEMS)
     if unknown:
         raise ValueError(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
-    result = run(chosen, levels, sizes, seconds, repeats, console=console)
+    result = run(chosen, levels, sizes, seconds, repeats, console=console, settings=StackSettings())
     command = (
         f"tritonstack bench peers --concurrency {concurrency} --batches {batches} "
         f"--systems {systems} --seconds {seconds:g} --repeats {repeats}"
@@ -482,6 +436,4 @@ def main(
 
 
 if __name__ == "__main__":
-    import typer
-
     typer.run(main)

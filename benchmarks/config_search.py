@@ -8,10 +8,12 @@ and measured with the real ``perf_analyzer``. The best throughput whose p99 stay
 budget at every measured concurrency wins (near-ties within a few percent go to the lowest
 p50 at the lowest concurrency); the top candidates and the current config are
 measured a second time before choosing (the winner's numbers are medians of both passes, its
-p99 the worse one). The winner is written back into the model repository with
-:func:`export.model_config.write_config`, its values recorded beside it in
-``tuned_options.json`` (so that ``tritonstack export`` keeps writing the same config) with the
-path of the JSON/markdown of every measurement.
+p99 the worse one).
+
+The search only measures: it returns the winner (:attr:`SearchResult.change`) and never
+touches the model repository. Writing it there is an export operation,
+:func:`export.tuning.apply_tuned`, which ``tritonstack bench search`` calls (``--apply``, the
+default).
 """
 
 from __future__ import annotations
@@ -23,9 +25,19 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from benchmarks.perf_analyzer import PerfPoint
+import torch
+import tritonclient.http as httpclient
+
+from benchmarks.perf_analyzer import PerfPoint, Protocol, run_sweep, write_input_data
+from deploy.local.harness import local_stack
+from deploy.local.runtime import TritonRuntime
+from deploy.local.settings import StackSettings
+from deploy.local.triton import TritonServer
+from export.model_config import ServingOptions, build_config, load_config, to_text, with_tuned
+from export.models import minilm
+from export.reader import served_dir, version_dirs
+from export.spec import ModelSpec
 
 SEQ = 32
 TEXTS = [
@@ -59,8 +71,8 @@ class Candidate:
             f"queue={self.max_queue_size or 'off'}"
         )
 
-    def options(self, base: Any) -> Any:
-        """``base`` (a ServingOptions) with this candidate's values."""
+    def options(self, base: ServingOptions) -> ServingOptions:
+        """``base`` with this candidate's values."""
         return dataclasses.replace(
             base,
             instance_count=self.instance_count,
@@ -71,7 +83,7 @@ class Candidate:
         )
 
     @classmethod
-    def from_options(cls, options: Any) -> Candidate:
+    def from_options(cls, options: ServingOptions) -> Candidate:
         return cls(
             options.instance_count,
             options.intra_op_threads,
@@ -209,7 +221,7 @@ def run_search(
 def scratch_repository(repository: Path, model: str, work: Path) -> Path:
     """``work/repo/<model>/`` with the version files symlinked (the config is ours to write)."""
     target = work / "repo" / model
-    for version in sorted(p for p in (repository / model).iterdir() if p.name.isdigit()):
+    for version in version_dirs(repository / model):
         (target / version.name).mkdir(parents=True, exist_ok=True)
         for f in version.iterdir():
             if f.is_file():
@@ -223,20 +235,18 @@ class TritonMeasurer:
 
     def __init__(
         self,
-        server: Any,
-        runtime: Any,
+        server: TritonServer,
+        runtime: TritonRuntime,
         repo: Path,
         *,
-        spec: Any,
-        base_options: Any,
+        spec: ModelSpec,
+        base_options: ServingOptions,
         input_data: Path,
         concurrency: Sequence[int],
-        protocol: str,
+        protocol: Protocol,
         interval_ms: int,
         out_dir: Path,
     ) -> None:
-        import tritonclient.http as httpclient
-
         self.server, self.runtime, self.repo = server, runtime, repo
         self.spec, self.base = spec, base_options
         self.input_data, self.concurrency = input_data, list(concurrency)
@@ -250,18 +260,16 @@ class TritonMeasurer:
         return int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
 
     def __call__(self, candidate: Candidate, repeat: int) -> Measurement:
-        from benchmarks.perf_analyzer import run_sweep
-        from export.model_config import build_config, write_config
-
         config = build_config(self.spec, candidate.options(self.base))
-        write_config(config, self.repo / self.spec.name / "config.pbtxt")
+        # the scratch copy's config (valid by construction): the product's is never written
+        (self.repo / self.spec.name / "config.pbtxt").write_text(to_text(config))
         self.client.load_model(self.spec.name)  # reloads with the new config
         before = self._counts()
         sweep = run_sweep(
             self.runtime,
             self.spec.name,
             self.server.grpc_url if self.protocol == "grpc" else self.server.http_url,
-            protocol=self.protocol,  # type: ignore[arg-type]
+            protocol=self.protocol,
             input_data=self.input_data,
             concurrency=self.concurrency,
             out_dir=self.out_dir,
@@ -279,75 +287,64 @@ class SearchResult:
     measurements: list[Measurement]
     chosen: Aggregate | None
     current: Candidate
-    written: Path | None
+    written: Path | None  # where an apply wrote the winner (set by the caller, never here)
     command: str
     perf_command: str
+    spec: ModelSpec | None = None  # the model's signature: what an apply rebuilds its config from
+    base: ServingOptions = field(default_factory=ServingOptions)
+
+    @property
+    def change(self) -> ServingOptions | None:
+        """The winner's serving options when it differs from the current config, else None."""
+        if self.chosen is None or self.chosen.candidate == self.current:
+            return None
+        return self.chosen.candidate.options(self.base)
 
 
 def search(
     repository: Path,
+    settings: StackSettings,
     *,
     budget_ms: float,
     candidates: Sequence[Candidate] | None = None,
     concurrency: Sequence[int] = (1, 32),
-    protocol: str = "grpc",
+    protocol: Protocol = "grpc",
     interval_ms: int = 3000,
     confirm: int = 3,
-    write: bool = True,
     command: str = "",
     on_measured: Callable[[Measurement], None] = lambda m: None,
     tolerance: float = 0.03,
-    evidence: str = "",
 ) -> SearchResult:
-    """Search ``candidates`` for minilm in ``repository`` and (``write``) write the winner back."""
-    import torch
-
-    from benchmarks.perf_analyzer import write_input_data
-    from deploy.local.runtime import TritonRuntime
-    from deploy.local.settings import StackSettings
-    from deploy.local.triton import TritonServer
-    from export.model_config import (
-        ServingOptions,
-        build_config,
-        load_config,
-        with_tuned,
-        write_config,
-        write_tuned,
-    )
-    from export.models import minilm
-    from export.repository import served_dir
-
+    """Search ``candidates`` for minilm in ``repository``; the repository is only read."""
     spec = minilm.load(module=torch.nn.Identity())  # the signature; the weights are on disk
     base = ServingOptions()
     tracked = repository / spec.name / "config.pbtxt"
     load_config(tracked)  # refuses a broken file before any work
     current = Candidate.from_options(with_tuned(base, tracked.parent))  # what is served now
     candidates = list(candidates if candidates is not None else grid())
-    settings = StackSettings()
-    runtime = TritonRuntime(settings.runtime_dir)
     with tempfile.TemporaryDirectory(prefix="tritonstack-search-") as tmp:
         work = Path(tmp)
         repo = scratch_repository(repository, spec.name, work)
         data = write_input_data(
             TEXTS, served_dir(repository, spec.name) / "tokenizer.json", work / "input.json", SEQ
         )
-        server = TritonServer(
-            runtime, repo, work_dir=work / "triton", model_control_mode="explicit",
-            extra_args=[f"--load-model={spec.name}"],
-        )  # fmt: skip
-        with server:
+        scratch = settings.model_copy(update={"model_repository": repo})
+        stack = local_stack(work, scratch, models=[spec.name], with_redis=False, with_gateway=False)
+        with stack as started:
             measurer = TritonMeasurer(
-                server, runtime, repo, spec=spec, base_options=base, input_data=data,
-                concurrency=concurrency, protocol=protocol, interval_ms=interval_ms,
+                started.triton,
+                TritonRuntime(settings.runtime_dir),
+                repo,
+                spec=spec,
+                base_options=base,
+                input_data=data,
+                concurrency=concurrency,
+                protocol=protocol,
+                interval_ms=interval_ms,
                 out_dir=work / "perf",
-            )  # fmt: skip
+            )
             measurements, chosen = run_search(
                 candidates, current, measurer, budget_ms, confirm, on_measured, tolerance
             )
             perf_command = measurer.commands[0] if measurer.commands else ""
-    written = None
-    if write and chosen is not None and chosen.candidate != current:
-        options = chosen.candidate.options(base)
-        written = write_config(build_config(spec, options), tracked)
-        write_tuned(tracked.parent, options, evidence or command)
-    return SearchResult(measurements, chosen, current, written, command, perf_command)
+    return SearchResult(measurements, chosen, current, None, command, perf_command, spec, base)

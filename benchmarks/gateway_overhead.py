@@ -28,7 +28,6 @@ from the server under test.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import secrets
 import signal
@@ -54,12 +53,9 @@ from benchmarks.loadgen import Point, grpc_string_input, grpc_text_inputs, rando
 from benchmarks.loadgen import binary_body as _binary_body
 from benchmarks.loadgen import closed_loop as _closed_loop
 from benchmarks.loadgen import make_point as _point
-from deploy.local.gateway import GatewayProcess
-from deploy.local.redis import RedisServer
-from deploy.local.runtime import TritonRuntime
+from deploy.local.harness import local_stack, unlimited_tenant
 from deploy.local.settings import StackSettings
-from deploy.local.stack import servable_models
-from deploy.local.triton import TritonServer
+from export.reader import servable_models
 
 SEQ = 16  # tokens per request, like the perf_analyzer sweep
 WORDS = (
@@ -190,51 +186,35 @@ def main(
     # the encoder and, when exported, its text pipeline (what /v1/embeddings calls)
     models = [m for m in servable_models(settings.model_repository)[0] if m.startswith("minilm")]
     targets = [t for t in TARGETS if t != "triton-grpc-text" or "minilm_text" in models]
-    with tempfile.TemporaryDirectory(prefix="tritonstack-bench-") as tmp:
-        work = Path(tmp)
-        triton = TritonServer(
-            TritonRuntime(settings.runtime_dir),
-            settings.model_repository,
-            work_dir=work / "triton",
-            model_control_mode="explicit",
-            extra_args=[f"--load-model={m}" for m in models],
-        )
-        with triton, RedisServer(work / "redis") as redis:
-            key = "ts_" + secrets.token_urlsafe(32)  # a tenant the load cannot rate-limit
-            bench = {
-                "key_sha256": [hashlib.sha256(key.encode()).hexdigest()],
-                "rate_per_s": 1e6,
-                "burst": 10**6,
-            }
-            gateway = GatewayProcess(
-                work / "gateway",
-                triton_grpc_url=triton.grpc_url,
-                redis_url=redis.url,
-                settings={"GATEWAY_TENANTS": json.dumps({"bench": bench})},
-            )
-            with gateway:
-                points: list[Point] = []
-                splits: dict[tuple[str, int, int], dict[str, float]] = {}
-                for repeat in range(repeats):
-                    for c in levels:
-                        for target in targets:
-                            before = _durations(gateway.url)
-                            lat, errors, secs = asyncio.run(
-                                _run_target(
-                                    target, triton.grpc_url, gateway.url, key, c, seconds,
-                                    seed=secrets.randbits(64),  # inputs never repeat
-                                )
-                            )  # fmt: skip
-                            point = _point(target, c, repeat, lat, errors, secs)
-                            console.print(point)
-                            points.append(point)
-                            mean_ms = 1000 * statistics.fmean(lat) if lat else float("nan")
-                            if target.startswith("gateway"):
-                                splits[(target, c, repeat)] = split_time(
-                                    before, _durations(gateway.url), mean_ms
-                                )
-                            else:
-                                splits[(target, c, repeat)] = {"client_mean_ms": round(mean_ms, 2)}
+    key, tenants = unlimited_tenant()  # a tenant the load cannot rate-limit
+    with (
+        tempfile.TemporaryDirectory(prefix="tritonstack-bench-") as tmp,
+        local_stack(Path(tmp), settings, models=models, tenants=tenants) as stack,
+    ):
+        triton, gateway = stack.triton, stack.gateway
+        assert gateway is not None
+        points: list[Point] = []
+        splits: dict[tuple[str, int, int], dict[str, float]] = {}
+        for repeat in range(repeats):
+            for c in levels:
+                for target in targets:
+                    before = _durations(gateway.url)
+                    lat, errors, secs = asyncio.run(
+                        _run_target(
+                            target, triton.grpc_url, gateway.url, key, c, seconds,
+                            seed=secrets.randbits(64),  # inputs never repeat
+                        )
+                    )  # fmt: skip
+                    point = _point(target, c, repeat, lat, errors, secs)
+                    console.print(point)
+                    points.append(point)
+                    mean_ms = 1000 * statistics.fmean(lat) if lat else float("nan")
+                    if target.startswith("gateway"):
+                        splits[(target, c, repeat)] = split_time(
+                            before, _durations(gateway.url), mean_ms
+                        )
+                    else:
+                        splits[(target, c, repeat)] = {"client_mean_ms": round(mean_ms, 2)}
     summary = _summarize(points, levels, targets, splits)
     console.print(_table(summary))
     if save is not None:

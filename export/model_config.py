@@ -16,13 +16,15 @@ import enum
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.errors import ModelConfigError
-from export.spec import ModelSpec, TensorSpec
+
+if TYPE_CHECKING:  # annotations only: reading a config must not import torch (export.spec)
+    from export.spec import ModelSpec, TensorSpec
 
 ENSEMBLE = "ensemble"  # the platform of a Triton ensemble (a pipeline of served models)
 

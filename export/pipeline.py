@@ -25,7 +25,8 @@ import numpy as np
 
 from export import variants as V
 from export.model_config import ServingOptions, Target, build_config, to_text, with_tuned
-from export.repository import latest_version, read_report, write_entry
+from export.reader import latest_version, read_report
+from export.repository import write_entry
 from export.spec import ModelSpec
 from export.status import Status, StepResult
 from export.torch2onnx import sha256, torch_to_onnx

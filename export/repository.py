@@ -1,4 +1,7 @@
-"""Write a model into a Triton model repository: ``NAME/config.pbtxt`` + ``NAME/VERSION/``."""
+"""Write a model into a Triton model repository: ``NAME/config.pbtxt`` + ``NAME/VERSION/``.
+
+Reading the repository back (versions, what is served) is :mod:`export.reader`'s.
+"""
 
 from __future__ import annotations
 
@@ -64,34 +67,3 @@ def write_entry(
     final = install_version(model_dir, version, files, {"report.json": report_text})
     write_config(config, model_dir / "config.pbtxt")
     return final
-
-
-def version_dirs(model_dir: Path) -> list[Path]:
-    """The numbered version directories of a model, oldest first."""
-    if not model_dir.is_dir():
-        return []
-    found = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-    return sorted(found, key=lambda p: int(p.name))
-
-
-def latest_version(model_dir: Path) -> int | None:
-    found = version_dirs(model_dir)
-    return int(found[-1].name) if found else None
-
-
-def served_dir(repository: Path, name: str) -> Path:
-    """The latest version directory of ``name`` (what Triton serves under ``latest 1``)."""
-    found = version_dirs(repository / name)
-    if not found:
-        raise FileNotFoundError(
-            f"{repository / name} has no version directory: run `tritonstack export` first"
-        )
-    return found[-1]
-
-
-def read_report(version_dir: Path) -> dict[str, Any] | None:
-    path = version_dir / "report.json"
-    try:
-        return dict(json.loads(path.read_text()))
-    except (OSError, ValueError):
-        return None

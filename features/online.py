@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Self
 from redis import exceptions as redis_errors
 
 from features import redis_layout
-from features.errors import FeatureStoreUnavailable
+from features.errors import FeatureStoreError, FeatureStoreUnavailable
 from features.schema import (
     ENTITY_KEY,
     FEATURE_SERVICE,
@@ -33,6 +33,7 @@ from features.schema import (
     MODEL_FEATURES,
     FeatureRow,
     Value,
+    build_model_input,
 )
 from features.settings import FeatureSettings
 
@@ -254,3 +255,22 @@ def open_online_features(settings: FeatureSettings | None = None) -> OnlineFeatu
     if settings.reader == "direct":
         raise ValueError("reader 'direct' needs the Redis online store (FEATURES_REDIS_URL)")
     return open_feast_sdk(settings)
+
+
+async def lookup(settings: FeatureSettings, entity_ids: Sequence[int]) -> list[dict[str, object]]:
+    """Each entity's features in the online store and what serving would make of them ("ok",
+    or the error it would answer), as ``tritonstack features get`` prints them."""
+    async with open_online_features(settings) as reader:
+        rows = await reader.read(entity_ids)
+    out: list[dict[str, object]] = []
+    for row in rows:
+        try:
+            build_model_input([row], policy="reject", max_age_s=settings.max_age_s)
+            outcome = "ok"
+        except FeatureStoreError as exc:
+            outcome = f"{type(exc).__name__}: {exc}"
+        ts = row.event_timestamp.isoformat() if row.event_timestamp else None
+        out.append(
+            {"driver_id": row.entity_id, **row.values, "event_timestamp": ts, "outcome": outcome}
+        )
+    return out

@@ -5,7 +5,6 @@ Registered as a plugin by tests/conftest.py, so every test directory can use the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -13,7 +12,9 @@ import numpy as np
 import pytest
 
 from deploy.local.gateway import GatewayProcess
+from deploy.local.harness import gateway_process, local_stack
 from deploy.local.redis import RedisServer
+from deploy.local.settings import StackSettings
 from deploy.local.triton import TritonServer
 from gateway.tenants import TenantConfig, hash_key
 
@@ -31,7 +32,7 @@ TENANTS = {
         key_sha256=[hash_key(LIMITED_KEY)], rate_per_s=0.001, burst=LIMITED_BURST
     ),
 }
-TENANTS_JSON = json.dumps({name: t.model_dump() for name, t in TENANTS.items()})
+NO_SCORING = {"GATEWAY_SCORING_ENABLED": "false"}  # the scoring tests turn it on
 
 AUTH = {"Authorization": f"Bearer {ALPHA_KEY}"}
 StartGateway = Callable[..., GatewayProcess]
@@ -48,14 +49,13 @@ def start_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartGat
         extra_env: dict[str, str] | None = None,
         **settings: object,
     ) -> GatewayProcess:
-        env = {f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()}
+        env = {**NO_SCORING, **{f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()}}
         env.update(extra_env or {})
-        env.setdefault("GATEWAY_SCORING_ENABLED", "false")  # the scoring tests turn it on
-        env.setdefault("GATEWAY_TENANTS", TENANTS_JSON)
-        process = GatewayProcess(
+        process = gateway_process(
             tmp_path_factory.mktemp("gateway"),
-            triton_grpc_url=triton_grpc_url,
+            triton_grpc_url,
             redis_url=redis_url,
+            tenants=TENANTS,
             settings=env,
         )
         started.append(process)
@@ -68,10 +68,21 @@ def start_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartGat
 
 @pytest.fixture(scope="session")
 def gateway(
-    start_gateway: StartGateway, triton: TritonServer, redis_server: RedisServer
-) -> GatewayProcess:
-    """The gateway with Redis (shared rate limits, Redis response cache)."""
-    return start_gateway(triton.grpc_url, redis_server.url)
+    tmp_path_factory: pytest.TempPathFactory, triton: TritonServer, redis_server: RedisServer
+) -> Iterator[GatewayProcess]:
+    """The gateway with Redis (shared rate limits, Redis response cache), started by the
+    stack harness in front of the session's Triton and redis-server (which it leaves running)."""
+    work = tmp_path_factory.mktemp("stack")
+    with local_stack(
+        work,
+        StackSettings(),
+        triton=triton,
+        redis=redis_server,
+        tenants=TENANTS,
+        gateway_settings=NO_SCORING,
+    ) as stack:
+        assert stack.gateway is not None
+        yield stack.gateway
 
 
 @pytest.fixture

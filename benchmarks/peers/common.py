@@ -1,7 +1,8 @@
 """What every peer shares: the request/response adapters and the ONNX Runtime embedder.
 
 Request ``{"input_ids": [...], "attention_mask": [...]}`` (one item, token ids), response
-``{"embedding": [...384 floats]}``. Kept free of optional packages so tests import it.
+``{"embedding": [...384 floats]}``. Kept free of the optional ``bench`` extra (Ray Serve,
+LitServe), so the tests import it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
+
+from deploy.local.settings import StackSettings
+from export.reader import served
 
 EMBED_PATH = "/embed"
 HEALTH_PATH = "/health"
@@ -68,8 +73,6 @@ class OrtEmbedder:
     (intra-op threads, one inter-op thread, no spinning)."""
 
     def __init__(self, onnx_path: Path, intra_op_threads: int = 0) -> None:
-        import onnxruntime as ort
-
         options = ort.SessionOptions()
         if intra_op_threads > 0:
             options.intra_op_num_threads = intra_op_threads
@@ -90,7 +93,5 @@ class OrtEmbedder:
 
 
 def default_onnx_path() -> Path:
-    from deploy.local.settings import StackSettings
-    from export.repository import served_dir
-
-    return served_dir(StackSettings().model_repository, "minilm") / "model.onnx"
+    """The served MiniLM of ``TRITONSTACK_MODEL_REPOSITORY`` (a peer server's default)."""
+    return served(StackSettings().model_repository, "minilm").artefact

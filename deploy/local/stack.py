@@ -11,7 +11,6 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from deploy.local.errors import StackNotRunningError, TritonStartError
@@ -21,6 +20,7 @@ from deploy.local.redis import RedisServer
 from deploy.local.runtime import TritonRuntime
 from deploy.local.settings import StackSettings
 from deploy.local.triton import TritonPorts, TritonServer, http_ready
+from export.reader import servable_models
 
 
 def pid_alive(pid: int) -> bool:
@@ -111,28 +111,6 @@ def up(settings: StackSettings, extra_args: list[str] | None = None) -> TritonSt
         gateway = _up_gateway(settings, triton, redis_url, read_service(settings, "gateway"))
         _write(settings, {**_read(settings), "gateway": asdict(gateway)})
     return triton
-
-
-def servable_models(repository: Path) -> tuple[list[str], list[str]]:
-    """Models of a repository that have an exported version, and those that only have a config.
-
-    Ensembles (e.g. ``minilm_text``: tokenizer -> encoder) come after the models they compose,
-    so loading them one by one into a running server finds their steps already loaded.
-    """
-    ready: list[str] = []
-    unexported: list[str] = []
-    for config in sorted(repository.glob("*/config.pbtxt")):
-        versions = [p for p in config.parent.iterdir() if p.is_dir() and p.name.isdigit()]
-        (ready if versions else unexported).append(config.parent.name)
-    ready.sort(key=lambda name: _is_ensemble(repository / name / "config.pbtxt"))
-    return ready, unexported
-
-
-def _is_ensemble(config: Path) -> bool:
-    try:
-        return 'platform: "ensemble"' in config.read_text()
-    except OSError:
-        return False
 
 
 def _up_triton(settings: StackSettings, extra_args: list[str] | None) -> TritonState:

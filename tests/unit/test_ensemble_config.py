@@ -259,7 +259,7 @@ def test_committed_pipeline_configs_match_the_generator(repository: Path) -> Non
 def test_tritonstack_up_loads_ensembles_after_their_steps(
     tmp_path: Path, encoder, tokenizer_json: Path
 ) -> None:
-    from deploy.local.stack import servable_models
+    from export.reader import servable_models
 
     (tmp_path / "minilm" / "1").mkdir(parents=True)
     (tmp_path / "minilm" / "config.pbtxt").write_text(

@@ -1,5 +1,8 @@
 """``tritonstack variants``: the table of MiniLM's variants (accuracy against PyTorch fp32,
-in-process throughput at batch 1/8/32) and which one would be served."""
+in-process throughput at batch 1/8/32) and which one would be served.
+
+A benchmark: the variants are made and timed in a build directory, never installed.
+"""
 
 from __future__ import annotations
 
@@ -36,9 +39,14 @@ def run_variants(
             return False
     with console.status("making, checking and timing variants"):
         results = build_variants(
-            spec, onnx_path, out_dir, budgets=budgets, seed=0, measure_s=seconds,
+            spec,
+            onnx_path,
+            out_dir,
+            budgets=budgets,
+            seed=0,
+            measure_s=seconds,
             batches=BATCHES,
-        )  # fmt: skip
+        )
     fp32 = next(r for r in results if r.variant.value == "fp32")
     rows: list[dict[str, Any]] = []
     for r in results:
@@ -73,12 +81,13 @@ def run_variants(
     for row in rows:
         ips = row["items_per_s"]
         table.add_row(
-            str(row["variant"]), str(row["status"]),
+            str(row["variant"]),
+            str(row["status"]),
             f"{row['min_cosine']:.5f}" if row["min_cosine"] is not None else "-",
             f"{row['max_rel_l2']:.2e}" if row["max_rel_l2"] is not None else "-",
             *(str(ips.get(b, "-")) for b in BATCHES),
             str(row["speedup_vs_fp32"].get(8, "-")),
-        )  # fmt: skip
+        )
     console.print(table)
     console.print(f"fastest within budget at batch 8: {chosen.variant.value if chosen else 'none'}")
     if save is None:
@@ -87,9 +96,12 @@ def run_variants(
     stem = save / f"{date.today().isoformat()}-vm-variants"
     machine = report.machine(shares="")
     stem.with_suffix(".json").write_text(
-        json.dumps({"machine": machine, "rows": rows,
-                    "chosen": chosen.variant.value if chosen else None}, indent=2) + "\n"
-    )  # fmt: skip
+        json.dumps(
+            {"machine": machine, "rows": rows, "chosen": chosen.variant.value if chosen else None},
+            indent=2,
+        )
+        + "\n"
+    )
     lines = [
         "# MiniLM variants: accuracy against PyTorch fp32 and in-process throughput",
         "",
@@ -118,5 +130,5 @@ def run_variants(
     return True
 
 
-def _sci(value: object) -> str:
-    return "-" if value is None else f"{float(value):.2e}"  # type: ignore[arg-type]  # noqa: RUF100
+def _sci(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2e}"

@@ -2,7 +2,9 @@
 
 Every step is idempotent: ``generate`` reuses data made for the same spec and hour, ``apply``
 lets Feast diff against its registry, ``materialize`` is incremental, ``train`` reuses an
-export made from the same data and config (``--force`` redoes any of them).
+export made from the same data and config (``--force`` redoes any of them). The work is
+features/'s; these commands parse, call and print. Feast and torch load in seconds, so the
+modules that import them are imported inside the commands on purpose.
 """
 
 from __future__ import annotations
@@ -14,24 +16,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from deploy.local.settings import StackSettings
 from features.errors import FeatureStoreError
 from features.settings import FeatureSettings
+from tritonstack.console import console, fail
 
-app = typer.Typer(
+features_app = typer.Typer(
     help="The Feast feature store: driver statistics, online lookup, the driver_ranker model.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err = Console(stderr=True)
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False)
-    return typer.Exit(1)
 
 
 def _when(value: str | None) -> datetime | None:
@@ -41,7 +37,7 @@ def _when(value: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-@app.command()
+@features_app.command()
 def generate(
     drivers: Annotated[int, typer.Option(min=10, help="number of drivers")] = 100,
     days: Annotated[int, typer.Option(min=5, help="days of hourly rows, ending this hour")] = 14,
@@ -65,7 +61,7 @@ def generate(
     console.print(f"driver cohorts: {cohorts}")
 
 
-@app.command()
+@features_app.command()
 def apply() -> None:
     """Write feature_store.yaml from FEATURES_* settings and register the definitions."""
     from features.store import apply as run_apply
@@ -74,14 +70,14 @@ def apply() -> None:
     try:
         report = run_apply(settings)
     except FeatureStoreError as exc:
-        raise _fail(exc) from None
+        raise fail(str(exc)) from None
     console.print(
         f"applied {', '.join(report.detail['objects'])} to project {settings.project} "
         f"({settings.store_kind} online store) in {report.duration_s:.1f} s"
     )
 
 
-@app.command()
+@features_app.command()
 def materialize(
     start: Annotated[
         str | None, typer.Option(help="ISO time; with it, exactly [start, end] (else incremental)")
@@ -95,14 +91,14 @@ def materialize(
     try:
         report = run_materialize(settings, start=_when(start), end=_when(end))
     except FeatureStoreError as exc:
-        raise _fail(exc) from None
+        raise fail(str(exc)) from None
     console.print(
         f"materialized ({report.detail['mode']}) up to {report.detail['end']} into "
         f"{settings.store_kind} in {report.duration_s:.1f} s"
     )
 
 
-@app.command()
+@features_app.command()
 def train(
     repository: Annotated[Path, typer.Option(help="model repository to write into")] = Path(
         "model_repository"
@@ -113,7 +109,6 @@ def train(
     ] = False,
 ) -> None:
     """Point-in-time training set, train the driver_ranker MLP, export it (parity checked)."""
-    from deploy.local.settings import StackSettings
     from features.train import train_and_export
 
     settings = FeatureSettings()
@@ -124,7 +119,7 @@ def train(
                 settings, repository, build_dir=build_dir, version=version, force=force
             )
     except FeatureStoreError as exc:
-        raise _fail(exc) from None
+        raise fail(str(exc)) from None
     report = result.report
     table = Table(title=f"driver_ranker ({'reused' if result.reused else 'trained'})")
     table.add_column("measure")
@@ -132,8 +127,8 @@ def train(
     table.add_row("offers (entity rows)", str(report.entity_rows))
     for cause, rows in report.dropped.items():
         table.add_row(f"dropped: {cause}", str(rows))
-    table.add_row("training rows (train / validation)", f"{report.train_rows} / "
-                  f"{report.validation_rows}")  # fmt: skip
+    split = f"{report.train_rows} / {report.validation_rows}"
+    table.add_row("training rows (train / validation)", split)
     v = report.validation
     table.add_row("validation AUC (baseline)", f"{v['auc']:.3f} ({v['baseline_auc']:.3f})")
     table.add_row(
@@ -143,32 +138,27 @@ def train(
     console.print(f"model: {result.version_dir}")
 
 
-@app.command()
+@features_app.command()
 def get(
     entity_ids: Annotated[list[int], typer.Argument(help="driver ids")],
 ) -> None:
     """Read the model's features of drivers from the online store (as the gateway does)."""
-    from features.online import open_online_features
-    from features.schema import build_model_input
-
-    settings = FeatureSettings()
-
-    async def read() -> list[dict[str, object]]:
-        async with open_online_features(settings) as reader:
-            rows = await reader.read(entity_ids)
-        out: list[dict[str, object]] = []
-        for row in rows:
-            try:
-                build_model_input([row], policy="reject", max_age_s=settings.max_age_s)
-                outcome = "ok"
-            except FeatureStoreError as exc:
-                outcome = f"{type(exc).__name__}: {exc}"
-            ts = row.event_timestamp.isoformat() if row.event_timestamp else None
-            out.append({"driver_id": row.entity_id, **row.values, "event_timestamp": ts,
-                        "outcome": outcome})  # fmt: skip
-        return out
+    from features.online import lookup
 
     try:
-        console.print_json(json.dumps(asyncio.run(read())))
+        console.print_json(json.dumps(asyncio.run(lookup(FeatureSettings(), entity_ids))))
     except FeatureStoreError as exc:
-        raise _fail(exc) from None
+        raise fail(str(exc)) from None
+
+
+def prepare(repository: Path) -> bool:
+    """The demo's step 1b: every step above with its defaults; False when one failed (its
+    error printed)."""
+    try:
+        generate()
+        apply()
+        materialize()
+        train(repository=repository)
+    except typer.Exit:
+        return False
+    return True

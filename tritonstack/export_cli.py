@@ -1,0 +1,173 @@
+"""``tritonstack export`` and ``tritonstack variants``: parse, call export/ or benchmarks/, print.
+
+Their work imports torch (seconds): those imports are deferred into the commands on purpose,
+so that ``tritonstack up``, ``status`` and ``infer`` start without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from deploy.local.settings import StackSettings
+from tritonstack.console import console, fail
+
+
+def export(
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="your model: pkg.module:factory returning a torch.nn.Module "
+            "(default: the built-in all-MiniLM-L6-v2)"
+        ),
+    ] = None,
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input",
+            help="name:dtype:shape[:low..high] after the batch axis, e.g. image:float32:3x32x32 "
+            "or ids:int64:seq:0..30522 (a name or -1 is a dynamic axis); repeat per input",
+        ),
+    ] = None,
+    outputs: Annotated[
+        list[str] | None, typer.Option("--output", help="output names (default: output[_i])")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="model name in the repository")] = None,
+    task: Annotated[
+        str, typer.Option(help="embedding | classifier | regressor: the reduced-precision metric")
+    ] = "regressor",
+    sample_data: Annotated[
+        Path | None, typer.Option(help=".npz of your own inputs, checked with the random ones")
+    ] = None,
+    max_length: Annotated[int, typer.Option(min=1, help="longest dynamic axis checked")] = 128,
+    repository: Annotated[Path, typer.Option(help="model repository to write into")] = Path(
+        "model_repository"
+    ),
+    version: Annotated[
+        int | None,
+        typer.Option(min=1, help="version to write (default: latest + 1, none if unchanged)"),
+    ] = None,
+    serve_versions: Annotated[
+        int, typer.Option(min=1, help="version policy: Triton serves the latest N")
+    ] = 1,
+    target: Annotated[
+        str,
+        typer.Option(
+            help="cpu: python backend + ONNX Runtime (local); "
+            "gpu: native onnxruntime_onnx, KIND_GPU (Triton image), TensorRT where present"
+        ),
+    ] = "cpu",
+    variants: Annotated[
+        str,
+        typer.Option(
+            help="auto (cpu: fp32,optimized,int8; gpu: fp32,optimized,fp16), all, "
+            "or a list such as fp32,int8"
+        ),
+    ] = "auto",
+    serve: Annotated[
+        str | None, typer.Option(help="serve this variant (it must pass its budget)")
+    ] = None,
+    budget: Annotated[float, typer.Option(help="fp32 budget: max relative L2 error")] = 1e-4,
+    fp16_budget: Annotated[
+        float | None,
+        typer.Option(
+            help="fp16 threshold in the task metric (default cosine 0.999 / top-1 "
+            "0.99 / rel L2 1e-2)"
+        ),
+    ] = None,
+    int8_budget: Annotated[
+        float | None,
+        typer.Option(
+            help="int8 threshold in the task metric (default cosine 0.97 / top-1 "
+            "0.95 / rel L2 5e-2)"
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="seed of the random parity inputs (fixed by default, so a re-export "
+            "decides the same way); pass another for other draws"
+        ),
+    ] = 0,
+    max_batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    instances: Annotated[
+        int | None,
+        typer.Option(min=1, help="instances (per GPU for gpu); default: tuned record, else 1"),
+    ] = None,
+    max_queue_size: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="queue policy bound (REJECT beyond); 0: no queue policy; default 256"
+        ),
+    ] = None,
+) -> None:
+    """Export a PyTorch model to ONNX, verify every variant against its accuracy budget, serve
+    the fastest that passed from the model repository (a new version when anything changed)."""
+    from export.byo import SpecError, load_sample_data
+    from export.model_config import Target
+    from export.options import serving_options, spec_from_options
+    from export.pipeline import export_model
+    from export.spec import Task
+    from export.variants import Budgets, Variant, parse_variants
+    from tritonstack.export_report import render_export
+
+    try:
+        serving_target = Target(target)
+        chosen_task = Task(task)
+        wanted = parse_variants(variants, serving_target.value)
+        forced = Variant(serve) if serve else None
+    except ValueError as exc:
+        raise fail(f"{exc} (see `tritonstack export --help`)") from None
+    settings = StackSettings()
+    try:
+        spec = spec_from_options(model, inputs or [], outputs, name, chosen_task, max_length)
+        data = load_sample_data(sample_data, spec) if sample_data is not None else None
+    except SpecError as exc:
+        raise fail(str(exc)) from None
+    options = serving_options(
+        serving_target,
+        repository / spec.name,
+        max_batch_size=max_batch_size,
+        serve_versions=serve_versions,
+        instances=instances,
+        max_queue_size=max_queue_size,
+    )
+    with console.status(f"exporting {spec.name}: torch -> ONNX -> variants -> verify -> choose"):
+        result = export_model(
+            spec,
+            repository,
+            build_dir=settings.home / "build" / spec.name,
+            version=version,
+            options=options,
+            budgets=Budgets(rel_l2=budget, fp16=fp16_budget, int8=int8_budget),
+            variants=wanted,
+            serve=forced,
+            seed=seed,
+            sample_data=data,
+        )
+    render_export(console, result, serving_target.value)
+    if not result.ok:
+        failure = result.failure
+        raise fail(
+            f"export failed at {failure.step if failure else '?'}: "
+            f"{failure.reason if failure else 'unknown'}; nothing was written to {repository} "
+            f"(report: {result.report_path})"
+        )
+
+
+def variants(
+    fp16_min_cosine: Annotated[float, typer.Option(help="fp16 budget")] = 0.999,
+    int8_min_cosine: Annotated[float, typer.Option(help="int8 (per-channel) budget")] = 0.97,
+    seconds: Annotated[float, typer.Option(help="timing per batch size")] = 2.0,
+    save: Annotated[
+        Path | None, typer.Option(help="directory for <date>-vm-variants.{json,md}")
+    ] = None,
+) -> None:
+    """fp32 / optimized / fp16 / int8 variants of MiniLM: accuracy vs PyTorch, in-process speed."""
+    from benchmarks.variants_report import run_variants
+
+    build = StackSettings().home / "build" / "variants"
+    if not run_variants(console, build, fp16_min_cosine, int8_min_cosine, seconds, save):
+        raise fail(f"the fp32 export failed (see {build})")

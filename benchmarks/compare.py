@@ -223,9 +223,15 @@ def peer_process(system: str, work: Path, port: int) -> BackgroundProcess:
 
 
 async def _run_peer(
-    url: str, system: str, levels: list[int], repeat: int, seconds: float, warmup_s: float,
-    samples: np.ndarray, reference: np.ndarray,
-) -> tuple[list[Point], Check]:  # fmt: skip
+    url: str,
+    system: str,
+    levels: list[int],
+    repeat: int,
+    seconds: float,
+    warmup_s: float,
+    samples: np.ndarray,
+    reference: np.ndarray,
+) -> tuple[list[Point], Check]:
     connector = aiohttp.TCPConnector(limit=max(levels))
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
@@ -235,17 +241,30 @@ async def _run_peer(
 
 
 async def _run_ours(
-    grpc_url: str, gateway_url: str, key: str, levels: list[int], repeat: int, seconds: float,
-    warmup_s: float, samples: np.ndarray, reference: np.ndarray,
-) -> tuple[list[Point], list[Check]]:  # fmt: skip
+    grpc_url: str,
+    gateway_url: str,
+    key: str,
+    levels: list[int],
+    repeat: int,
+    seconds: float,
+    warmup_s: float,
+    samples: np.ndarray,
+    reference: np.ndarray,
+) -> tuple[list[Point], list[Check]]:
     points: list[Point] = []
     checks: list[Check] = []
     client = grpcaio.InferenceServerClient(grpc_url)
     try:
         p, c = await _measure(
-            TritonGrpc(client), "triton-grpc", levels, repeat, seconds, warmup_s, samples,
+            TritonGrpc(client),
+            "triton-grpc",
+            levels,
+            repeat,
+            seconds,
+            warmup_s,
+            samples,
             reference,
-        )  # fmt: skip
+        )
         points += p
         checks.append(c)
     finally:
@@ -254,9 +273,15 @@ async def _run_ours(
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(gateway_url, connector=connector, timeout=timeout) as session:
         p, c = await _measure(
-            GatewayV2(session, key), "gateway-miss", levels, repeat, seconds, warmup_s, samples,
+            GatewayV2(session, key),
+            "gateway-miss",
+            levels,
+            repeat,
+            seconds,
+            warmup_s,
+            samples,
             reference,
-        )  # fmt: skip
+        )
     return points + p, [*checks, c]
 
 
@@ -278,8 +303,11 @@ def ceiling(
     points = []
     for b in batches:
         ids = random_ids(rng, SEQ, batch=b)
-        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-                 "token_type_ids": np.zeros_like(ids)}  # fmt: skip
+        feeds = {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids),
+            "token_type_ids": np.zeros_like(ids),
+        }
         for _ in range(3):
             model.run(feeds)
         lat: list[float] = []
@@ -298,8 +326,13 @@ def ceiling(
 
 def ceiling_check(onnx: Path, samples: np.ndarray, reference: np.ndarray) -> Check:
     model = OrtEmbedder(onnx)
-    got = model.run({"input_ids": samples, "attention_mask": np.ones_like(samples),
-                     "token_type_ids": np.zeros_like(samples)})  # fmt: skip
+    got = model.run(
+        {
+            "input_ids": samples,
+            "attention_mask": np.ones_like(samples),
+            "token_type_ids": np.zeros_like(samples),
+        }
+    )
     return Check(
         "ceiling",
         round(min(cosine(g, r) for g, r in zip(got, reference, strict=True)), 6),
@@ -364,9 +397,17 @@ def run(
                     with process:
                         console.print(f"  up in {time.perf_counter() - started:.1f} s")
                         p, c = asyncio.run(
-                            _run_peer(f"http://127.0.0.1:{port}", system, levels, repeat,
-                                      seconds, warmup_s, samples, reference)
-                        )  # fmt: skip
+                            _run_peer(
+                                f"http://127.0.0.1:{port}",
+                                system,
+                                levels,
+                                repeat,
+                                seconds,
+                                warmup_s,
+                                samples,
+                                reference,
+                            )
+                        )
                     cs = [c]
                 else:  # our stack: Triton gRPC and the gateway (cache miss), one start
                     stack = local_stack(
@@ -375,9 +416,18 @@ def run(
                     with stack as ours:
                         console.print(f"  up in {time.perf_counter() - started:.1f} s")
                         p, cs = asyncio.run(
-                            _run_ours(ours.triton.grpc_url, ours.gateway_url, key, levels, repeat,
-                                      seconds, warmup_s, samples, reference)
-                        )  # fmt: skip
+                            _run_ours(
+                                ours.triton.grpc_url,
+                                ours.gateway_url,
+                                key,
+                                levels,
+                                repeat,
+                                seconds,
+                                warmup_s,
+                                samples,
+                                reference,
+                            )
+                        )
                 for point in p:
                     console.print(
                         f"  {point.target} c={point.concurrency}: {point.throughput} req/s, "
@@ -421,13 +471,18 @@ def main(
     checks = [{**asdict(c), "ok": c.ok} for c in result.checks]
     console.print(
         report.to_markdown(rows, checks, command=command, variant=result.variant),
-        markup=False, highlight=False,
-    )  # fmt: skip
+        markup=False,
+        highlight=False,
+    )
     if save is not None:
         for path in report.save(
-            save, result.points, checks, command=command, peer_commands=result.commands,
+            save,
+            result.points,
+            checks,
+            command=command,
+            peer_commands=result.commands,
             variant=result.variant,
-        ):  # fmt: skip
+        ):
             console.print(f"wrote {path}")
     bad = [c for c in result.checks if not c.ok]
     if bad:

@@ -23,6 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from deploy.local.redis import RedisServer
+from features.data import DatasetSpec, generate
+from features.online import open_direct_redis, open_feast_sdk
+from features.repo import FEATURE_TTL
+from features.settings import FeatureSettings
+from features.store import apply, materialize, open_store
+
 
 def _os_name() -> str:
     try:
@@ -64,12 +71,6 @@ async def _measure(readers: dict[str, Any], ids: list[int], iterations: int, war
 def _run_on(
     redis_url: str, tmp: Path, iterations: int, warmup: int, entities: int
 ) -> tuple[dict[str, Any], int]:
-    from features.data import DatasetSpec, generate
-    from features.online import open_direct_redis, open_feast_sdk
-    from features.repo import FEATURE_TTL
-    from features.settings import FeatureSettings
-    from features.store import apply, materialize, open_store
-
     settings = FeatureSettings(state_dir=tmp / "features", redis_url=redis_url)
     dataset = generate(DatasetSpec(n_drivers=100, days=5, n_labels=100), settings.data_dir)
     store = open_store(settings)
@@ -93,8 +94,6 @@ def _run_on(
 
 
 def run(iterations: int, warmup: int, entities: int) -> dict[str, Any]:
-    from deploy.local.redis import RedisServer
-
     with tempfile.TemporaryDirectory() as tmp:
         redis = RedisServer(Path(tmp) / "redis")
         redis.start()
@@ -143,9 +142,14 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"| {name} | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | {r['p99_ms']:.3f} | "
             f"{r['mean_ms']:.3f} | {r['max_ms']:.3f} |"
         )
-    lines += ["", f"Versions: {result['versions']}", "",
-              "Command: `.venv/bin/python -m benchmarks.feature_lookup "
-              f"--iterations {result['iterations']}`", ""]  # fmt: skip
+    lines += [
+        "",
+        f"Versions: {result['versions']}",
+        "",
+        "Command: `.venv/bin/python -m benchmarks.feature_lookup "
+        f"--iterations {result['iterations']}`",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -20,9 +20,9 @@ repeats so that machine noise spreads evenly:
 Why an async Python generator and not wrk/hey/locust: one tool must drive gRPC and HTTP with
 identical statistics, and it must make a fresh input per request (wrk needs Lua for that and
 has no gRPC; locust's per-user overhead dominates at these latencies on 2 cores). The HTTP
-client is aiohttp, not httpx: measured on this machine, httpx spent 1.5 ms of CPU per request
-against 0.25 ms for aiohttp and for the gRPC client, and on 2 shared cores that CPU is taken
-from the server under test.
+client is aiohttp, not httpx: httpx spent several times the client CPU per request, and on
+shared cores that CPU is taken from the server under test (benchmarks/README.md, "Gateway
+overhead").
 """
 
 from __future__ import annotations

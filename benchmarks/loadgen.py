@@ -75,13 +75,17 @@ def binary_body(ids: np.ndarray) -> tuple[bytes, dict[str, str]]:
     head = json.dumps(
         {
             "inputs": [
-                {"name": n, "datatype": "INT64", "shape": list(a.shape),
-                 "parameters": {"binary_data_size": a.nbytes}}
+                {
+                    "name": n,
+                    "datatype": "INT64",
+                    "shape": list(a.shape),
+                    "parameters": {"binary_data_size": a.nbytes},
+                }
                 for n, a in arrays.items()
             ],
             "outputs": [{"name": "sentence_embedding", "parameters": {"binary_data": True}}],
         }
-    ).encode()  # fmt: skip
+    ).encode()
     body = head + b"".join(a.tobytes() for a in arrays.values())
     return body, {"Inference-Header-Content-Length": str(len(head))}
 
@@ -114,6 +118,12 @@ async def closed_loop(
 def make_point(target: str, c: int, r: int, lat: list[float], errors: int, secs: float) -> Point:
     ms = np.array(lat) * 1000 if lat else np.array([float("nan")])
     return Point(
-        target, c, r, len(lat), errors, round(secs, 2), round(len(lat) / secs, 1),
+        target,
+        c,
+        r,
+        len(lat),
+        errors,
+        round(secs, 2),
+        round(len(lat) / secs, 1),
         *(round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)),
-    )  # fmt: skip
+    )

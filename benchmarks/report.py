@@ -19,7 +19,7 @@ INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "avx512f")  # what int8 mat
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's model name and which int8-relevant instruction sets it has: VMs of one kind
-    differ here, and int8 speedups with them (1.25x vs 2.16x fp32 on two such VMs)."""
+    differ here, and int8 speedups with them (benchmarks/README.md, "The machines differ")."""
     try:
         text = cpuinfo.read_text()
     except OSError:
@@ -66,9 +66,14 @@ def summarize(points: Sequence[Point]) -> list[dict[str, Any]]:
 
 
 _ORDER = (
-    "naive-fastapi", "ray-serve", "litserve", "triton-grpc", "gateway-miss", "ceiling",
+    "naive-fastapi",
+    "ray-serve",
+    "litserve",
+    "triton-grpc",
+    "gateway-miss",
+    "ceiling",
     "ceiling-fp32",
-)  # fmt: skip
+)
 _CEILINGS = ("ceiling", "ceiling-fp32")
 
 
@@ -152,6 +157,7 @@ def to_markdown(
 
 def plot(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
     """Throughput vs concurrency and p50/p99 vs concurrency, as PNGs beside ``stem``."""
+    # deferred on purpose: matplotlib comes with the dev/bench extras, not the runtime
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,12 +180,20 @@ def plot(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=s)
     if ceilings:
         best = max(ceilings, key=lambda r: r["throughput"])
-        ax.axhline(best["throughput"], color="grey", linestyle="--",
-                   label=f"in-process ceiling (batch {best['concurrency']})")  # fmt: skip
+        ax.axhline(
+            best["throughput"],
+            color="grey",
+            linestyle="--",
+            label=f"in-process ceiling (batch {best['concurrency']})",
+        )
     if fp32_ceilings:
         best = max(fp32_ceilings, key=lambda r: r["throughput"])
-        ax.axhline(best["throughput"], color="black", linestyle=":",
-                   label=f"in-process fp32 ceiling (batch {best['concurrency']})")  # fmt: skip
+        ax.axhline(
+            best["throughput"],
+            color="black",
+            linestyle=":",
+            label=f"in-process fp32 ceiling (batch {best['concurrency']})",
+        )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrency (closed loop)")
     ax.set_ylabel("items/s")
@@ -228,13 +242,20 @@ def save(
     pngs = plot(rows, stem)
     stem.with_suffix(".json").write_text(
         json.dumps(
-            {"machine": machine(), "command": command, "peer_commands": list(peer_commands),
-             "served_variant": variant,
-             "summary": rows, "ratios_at_32": ratios(rows), "checks": list(checks),
-             "points": [asdict(p) for p in points]},
+            {
+                "machine": machine(),
+                "command": command,
+                "peer_commands": list(peer_commands),
+                "served_variant": variant,
+                "summary": rows,
+                "ratios_at_32": ratios(rows),
+                "checks": list(checks),
+                "points": [asdict(p) for p in points],
+            },
             indent=2,
-        ) + "\n"
-    )  # fmt: skip
+        )
+        + "\n"
+    )
     md = stem.with_suffix(".md")
     md.write_text(
         to_markdown(rows, checks, command=command, plots=[str(p) for p in pngs], variant=variant)

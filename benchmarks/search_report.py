@@ -47,18 +47,32 @@ def _rows(result: SearchResult, budget_ms: float) -> list[dict[str, Any]]:
 
 def render_table(result: SearchResult, budget_ms: float) -> Table:
     table = Table(title=f"config search (p99 budget {budget_ms:g} ms); * chosen, = current")
-    cols = ("", "candidate", "infer/s", "runs", "p99 ms", "low-load p50", "queue ms", "infer ms",
-            "batch")  # fmt: skip
+    cols = (
+        "",
+        "candidate",
+        "infer/s",
+        "runs",
+        "p99 ms",
+        "low-load p50",
+        "queue ms",
+        "infer ms",
+        "batch",
+    )
     for col in cols:
         table.add_column(col)
     for r in _rows(result, budget_ms):
         mark = ("*" if r["chosen"] else "") + ("=" if r["current"] else "")
         table.add_row(
-            mark, r["candidate"], f"{r['throughput']:.1f}",
-            "/".join(f"{t:.0f}" for t in r["throughput_runs"]), f"{r['p99_ms']:.1f}",
+            mark,
+            r["candidate"],
+            f"{r['throughput']:.1f}",
+            "/".join(f"{t:.0f}" for t in r["throughput_runs"]),
+            f"{r['p99_ms']:.1f}",
             f"{r['low_load_p50_ms']:.1f}",
-            f"{r['server_queue_ms']:.1f}", f"{r['server_infer_ms']:.1f}", str(r["mean_batch"]),
-        )  # fmt: skip
+            f"{r['server_queue_ms']:.1f}",
+            f"{r['server_infer_ms']:.1f}",
+            str(r["mean_batch"]),
+        )
     return table
 
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from tokenizers import Tokenizer
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.errors import ExportError, ModelConfigError
@@ -248,8 +249,6 @@ def write_text_pipeline(
 
 def _check_tokenizer_file(path: Path, encoder: mc.ModelConfig) -> int:
     """Load ``path`` as the Triton model will; its vocabulary must fit the encoder's."""
-    from tokenizers import Tokenizer
-
     if not path.is_file():
         raise ExportError(f"tokenizer file {path} not found")
     try:

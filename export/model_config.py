@@ -43,9 +43,9 @@ class ServingOptions:
     preferred_batch_sizes: list[int] = field(default_factory=lambda: [8, 16, 32])
     max_queue_delay_us: int = 2000
     max_queue_size: int = 256
-    # 0 for max_queue_size: no default_queue_policy at all. Measured on tritonserver 2.51 (CPU):
-    # with any queue policy, gRPC requests now and then wait ~500 ms in the queue (perf_analyzer
-    # p99 507 ms vs 11 ms without a policy; HTTP unaffected): see benchmarks/README.md.
+    # 0 for max_queue_size: no default_queue_policy at all. On tritonserver 2.51 (CPU) any queue
+    # policy now and then stalls gRPC requests in the queue (HTTP unaffected): the measurements
+    # are in benchmarks/README.md, "Finding: gRPC queue stalls with a queue policy".
     queue_timeout_us: int = 0  # 0: a queued request waits as long as it must
     instance_count: int = 1  # per GPU for the gpu target
     intra_op_threads: int = 0  # ONNX Runtime threads per instance (0: runtime default)
@@ -264,7 +264,7 @@ def _ensemble_problems(config: mc.ModelConfig) -> list[str]:
 
 
 def to_text(config: mc.ModelConfig) -> str:
-    return text_format.MessageToString(config)
+    return str(text_format.MessageToString(config))
 
 
 def write_config(config: mc.ModelConfig, path: Path) -> Path:

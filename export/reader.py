@@ -109,7 +109,7 @@ def is_current(repository: Path, name: str) -> bool:
 def is_ensemble(repository: Path, name: str) -> bool:
     """True when ``name``'s config is a Triton ensemble (False when it cannot be read)."""
     try:
-        return load_config(repository / name / "config.pbtxt").platform == ENSEMBLE
+        return bool(load_config(repository / name / "config.pbtxt").platform == ENSEMBLE)
     except ModelConfigError:
         return False
 

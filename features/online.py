@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from features import redis_layout
@@ -38,7 +39,6 @@ from features.schema import (
 from features.settings import FeatureSettings
 
 if TYPE_CHECKING:
-    import redis.asyncio as aioredis
     from feast import FeatureService, FeatureStore
 
 
@@ -217,8 +217,6 @@ class FeastSdkFeatures(OnlineFeatures):
 
 
 def open_direct_redis(settings: FeatureSettings) -> DirectRedisFeatures:
-    import redis.asyncio as aioredis
-
     if not settings.redis_url:
         raise ValueError("the direct reader needs FEATURES_REDIS_URL")
     url = settings.redis_url
@@ -237,6 +235,7 @@ def open_direct_redis(settings: FeatureSettings) -> DirectRedisFeatures:
 
 
 def open_feast_sdk(settings: FeatureSettings) -> FeastSdkFeatures:
+    # deferred on purpose: the SDK reader's alone (Feast's store), never the direct reader's
     from features.store import open_store
 
     return FeastSdkFeatures(

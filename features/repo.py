@@ -4,7 +4,8 @@ service ``driver_ranking`` (exactly ``schema.MODEL_FEATURES``, in that order), o
 
 Built as objects from settings (the parquet path lives under the state directory) and applied
 with ``FeatureStore.apply`` by ``tritonstack features apply``; no ``feast apply`` scan of a
-folder is involved, so the definitions exist once, here.
+folder is involved, so the definitions exist once, here. ``import feast`` costs seconds: it
+happens inside the builders, never at import time.
 """
 
 from __future__ import annotations

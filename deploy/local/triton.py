@@ -23,7 +23,9 @@ class TritonPorts:
     metrics: int
 
     @classmethod
-    def resolve(cls, http: int = 0, grpc: int = 0, metrics: int = 0, host: str = "127.0.0.1"):
+    def resolve(
+        cls, http: int = 0, grpc: int = 0, metrics: int = 0, host: str = "127.0.0.1"
+    ) -> TritonPorts:
         """Keep the ports given; replace each 0 by a free loopback port."""
         chosen: list[int] = []
         for port in (http, grpc, metrics):

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from deploy.validate import compose, manifests, monitoring
+from gateway.metrics import Metrics
 
 DEPLOY = Path(__file__).resolve().parents[1]
 OVERLAYS = sorted(p.parent for p in (DEPLOY / "k8s" / "overlays").glob("*/kustomization.yaml"))
@@ -18,8 +19,6 @@ DASHBOARDS = sorted((DEPLOY / "monitoring" / "grafana" / "dashboards").glob("*.j
 
 def gateway_metric_names() -> set[str]:
     """The metric names a gateway process registers (from its own registry)."""
-    from gateway.metrics import Metrics
-
     names = set()
     for metric in Metrics().registry.collect():  # counters are exposed with _total
         names.add(f"{metric.name}_total" if metric.type == "counter" else metric.name)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from export.spec import ModelSpec, TensorSpec
+from export.spec import ModelSpec, SampleFn, TensorSpec
 
 NAME = "driver_ranker"
 
@@ -41,13 +41,14 @@ class DriverRanker(torch.nn.Module):
         self.std.copy_(torch.as_tensor(np.maximum(std, 1e-6), dtype=torch.float32))
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net((features - self.mean) / self.std)
+        logits: torch.Tensor = self.net((features - self.mean) / self.std)
+        return logits
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(features))
 
 
-def feature_sampler(feature_names: Sequence[str]):
+def feature_sampler(feature_names: Sequence[str]) -> SampleFn:
     """Plausible raw feature rows: rates in [0, 1], counts 0..30 (as float32)."""
 
     def sample(rng: np.random.Generator, batch: int, length: int) -> dict[str, np.ndarray]:

@@ -69,7 +69,8 @@ class SmallResNet(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = self.blocks(torch.relu(self.stem(image)))
-        return self.head(x.mean(dim=(2, 3)))
+        logits: torch.Tensor = self.head(x.mean(dim=(2, 3)))
+        return logits
 
 
 def train(model: SmallResNet, steps: int = 150, batch: int = 64, seed: int = 0) -> float:
@@ -83,7 +84,7 @@ def train(model: SmallResNet, steps: int = 150, batch: int = 64, seed: int = 0) 
         y = torch.from_numpy(labels[step * batch : (step + 1) * batch])
         loss = nn.functional.cross_entropy(model(x), y)
         optimiser.zero_grad()
-        loss.backward()
+        torch.autograd.backward(loss)
         optimiser.step()
     model.eval()
     test_x, test_y = gratings(512, seed=seed + 1)

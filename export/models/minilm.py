@@ -2,7 +2,9 @@
 
 The exported graph is the whole sentence-embedding model: BERT encoder, mask-aware mean
 pooling and L2 normalisation, so Triton returns the same vectors as
-``SentenceTransformer.encode(..., normalize_embeddings=True)``.
+``SentenceTransformer.encode(..., normalize_embeddings=True)``. Two imports are deferred on
+purpose: the weights' package after ``HF_HUB_OFFLINE`` is set, and ``transformers`` (seconds)
+only where the real model is built (``load(module=...)`` gives the signature without it).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from export.spec import ModelSpec, Task, TensorSpec
+from export.spec import ModelSpec, SampleFn, Task, TensorSpec
 
 NAME = "minilm"
 EMBEDDING_DIM = 384
@@ -47,7 +49,7 @@ class SentenceEmbedder(torch.nn.Module):
         return F.normalize(summed / counts, p=2.0, dim=1)
 
 
-def token_sampler(vocab_size: int, cls_id: int = 101, sep_id: int = 102):
+def token_sampler(vocab_size: int, cls_id: int = 101, sep_id: int = 102) -> SampleFn:
     """Random but well-formed token batches: [CLS] ... [SEP] then padding, ragged lengths."""
 
     def sample(rng: np.random.Generator, batch: int, length: int) -> dict[str, np.ndarray]:

@@ -354,13 +354,12 @@ def run(
     batches: list[int],
     seconds: float,
     repeats: int,
+    settings: StackSettings,
     warmup_s: float = 2.0,
     console: Console | None = None,
-    settings: StackSettings | None = None,
 ) -> Run:
     """Measure ``systems`` and the ceiling, ``repeats`` times, interleaved; servers stopped."""
     console = console or Console()
-    settings = settings or StackSettings()
     now = served(settings.model_repository, "minilm")
     onnx, variant, floor = now.artefact, now.variant, now.cosine_floor(MIN_COSINE)
     key, tenants = unlimited_tenant()
@@ -462,7 +461,7 @@ def main(
     unknown = set(chosen) - set(SYSTEMS)
     if unknown:
         raise ValueError(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
-    result = run(chosen, levels, sizes, seconds, repeats, console=console, settings=StackSettings())
+    result = run(chosen, levels, sizes, seconds, repeats, StackSettings(), console=console)
     command = (
         f"tritonstack bench peers --concurrency {concurrency} --batches {batches} "
         f"--systems {systems} --seconds {seconds:g} --repeats {repeats}"

@@ -100,7 +100,8 @@ def load_factory(target: str) -> Callable[[], torch.nn.Module]:
             raise SpecError(f"--model {target!r}: {module_name!r} has no attribute {attr!r}")
     if not callable(factory):
         raise SpecError(f"--model {target!r}: {attr!r} is not callable")
-    return factory
+    found: Callable[[], torch.nn.Module] = factory
+    return found
 
 
 def build_module(factory: Callable[[], Any]) -> torch.nn.Module:

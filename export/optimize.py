@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnxruntime as ort
@@ -29,7 +30,7 @@ from export.spec import ModelSpec
 from export.status import Status, StepResult
 
 
-def _run(step: str, target: Path, build: Callable[[], dict]) -> StepResult:
+def _run(step: str, target: Path, build: Callable[[], dict[str, Any]]) -> StepResult:
     started = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -50,7 +51,7 @@ def _run(step: str, target: Path, build: Callable[[], dict]) -> StepResult:
     return result
 
 
-def _transformer(source: Path, spec: ModelSpec):
+def _transformer(source: Path, spec: ModelSpec) -> Any:
     from onnxruntime.transformers.optimizer import optimize_model
 
     hints = spec.optimizer
@@ -62,14 +63,14 @@ def _transformer(source: Path, spec: ModelSpec):
     )
 
 
-def _fused(model) -> dict[str, int]:
+def _fused(model: Any) -> dict[str, int]:
     return {k: int(v) for k, v in (model.get_fused_operator_statistics() or {}).items() if v}
 
 
 def optimize_onnx(source: Path, target: Path, spec: ModelSpec) -> StepResult:
     """Write an optimized copy of ``source`` to ``target``."""
 
-    def build() -> dict:
+    def build() -> dict[str, Any]:
         if spec.optimizer:
             model = _transformer(source, spec)
             model.save_model_to_file(str(target))
@@ -89,7 +90,7 @@ def optimize_onnx(source: Path, target: Path, spec: ModelSpec) -> StepResult:
 def to_fp16(source: Path, target: Path, spec: ModelSpec) -> StepResult:
     """Half precision inside, fp32 inputs and outputs."""
 
-    def build() -> dict:
+    def build() -> dict[str, Any]:
         if spec.optimizer:
             model = _transformer(source, spec)
             model.convert_float_to_float16(keep_io_types=True)
@@ -109,7 +110,7 @@ def to_int8(source: Path, target: Path, spec: ModelSpec) -> StepResult:
     """Dynamic int8 quantization, per-channel weight scales."""
     del spec  # one recipe for every model
 
-    def build() -> dict:
+    def build() -> dict[str, Any]:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         # it logs a "consider pre-processing" advice on the root logger for every model

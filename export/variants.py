@@ -23,13 +23,22 @@ import enum
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from export import optimize
 from export.spec import ModelSpec, Task
 from export.status import Status, StepResult
-from export.verify import FP32_BUDGET, Budget, Metric, ReferenceCase, session, verify_parity
+from export.verify import (
+    FP32_BUDGET,
+    Budget,
+    Metric,
+    ParityCase,
+    ReferenceCase,
+    session,
+    verify_parity,
+)
 
 
 class Variant(enum.StrEnum):
@@ -41,8 +50,8 @@ class Variant(enum.StrEnum):
 
 
 ALL = tuple(Variant)
-# What an export tries unless told otherwise. On CPU fp16 only costs (measured: 0.84x fp32
-# at batch 8, ONNX Runtime CPU has few fp16 kernels); int8 has no fast GPU kernels in
+# What an export tries unless told otherwise. On CPU fp16 only costs (ONNX Runtime CPU has
+# few fp16 kernels: benchmarks/results/*-vm-variants.md); int8 has no fast GPU kernels in
 # ONNX Runtime's CUDA provider, and fp16 is what GPUs are built for.
 DEFAULTS = {
     "cpu": (Variant.FP32, Variant.OPTIMIZED, Variant.INT8),
@@ -115,7 +124,7 @@ class VariantResult:
     def ok(self) -> bool:
         return self.make.ok and self.verify is not None and self.verify.ok
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "variant": self.variant.value,
             "status": "OK" if self.ok else (self.verify or self.make).status.value,
@@ -150,7 +159,7 @@ def check_variant(
     budgets: Budgets,
     *,
     seed: int | None = None,
-    cases: list | None = None,
+    cases: list[ParityCase] | None = None,
     against: list[ReferenceCase] | None = None,
 ) -> StepResult:
     """The variant against PyTorch fp32 under its own budget (FAILED says by how much)."""

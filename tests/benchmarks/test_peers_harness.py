@@ -10,16 +10,20 @@ from pathlib import Path
 import pytest
 
 from benchmarks import compare
+from deploy.local.settings import StackSettings
 
 pytestmark = pytest.mark.integration
 
 
-def test_naive_peer_and_ceiling_measure_and_answer_correctly(
-    model_repository: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("TRITONSTACK_MODEL_REPOSITORY", str(model_repository))
+def test_naive_peer_and_ceiling_measure_and_answer_correctly(model_repository: Path) -> None:
     result = compare.run(
-        ["naive-fastapi"], levels=[1, 2], batches=[1, 4], seconds=0.5, repeats=1, warmup_s=0.2
+        ["naive-fastapi"],
+        levels=[1, 2],
+        batches=[1, 4],
+        seconds=0.5,
+        repeats=1,
+        settings=StackSettings(model_repository=model_repository),
+        warmup_s=0.2,
     )
     assert {c.system for c in result.checks} == {"ceiling", "naive-fastapi"}
     assert all(c.ok for c in result.checks), result.checks

@@ -168,30 +168,39 @@ class GatewayV2:
             return r.status == 200
 
 
+@dataclass(frozen=True)
+class Load:
+    """One repeat's load for a system: the levels, how long, and the answers it owes."""
+
+    levels: list[int]
+    repeat: int
+    seconds: float
+    warmup_s: float
+    samples: np.ndarray
+    reference: np.ndarray
+
+
 async def _measure(
-    client: HttpPeer | TritonGrpc | GatewayV2,
-    system: str,
-    levels: list[int],
-    repeat: int,
-    seconds: float,
-    warmup_s: float,
-    samples: np.ndarray,
-    reference: np.ndarray,
+    client: HttpPeer | TritonGrpc | GatewayV2, system: str, load: Load
 ) -> tuple[list[Point], Check]:
-    got = [await client.embed(s) for s in samples]
-    check = Check(
-        system, round(min(cosine(g, r) for g, r in zip(got, reference, strict=True)), 6), len(got)
-    )
+    got = [await client.embed(s) for s in load.samples]
+    worst = min(cosine(g, r) for g, r in zip(got, load.reference, strict=True))
+    check = Check(system, round(worst, 6), len(got))
     rng = np.random.default_rng(secrets.randbits(64))  # inputs never repeat across runs
     points = []
-    for c in levels:
+    for c in load.levels:
 
         async def send(_: int) -> bool:
             return await client.send(random_ids(rng, SEQ))
 
-        lat, errors, secs = await closed_loop(send, c, seconds, warmup_s)
-        points.append(make_point(system, c, repeat, lat, errors, secs))
+        lat, errors, secs = await closed_loop(send, c, load.seconds, load.warmup_s)
+        points.append(make_point(system, c, load.repeat, lat, errors, secs))
     return points, check
+
+
+def _session(url: str, load: Load) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=max(load.levels))
+    return aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(60))
 
 
 def _http_ready(url: str, timeout_s: float = 2.0) -> Callable[[], bool]:
@@ -222,67 +231,22 @@ def peer_process(system: str, work: Path, port: int) -> BackgroundProcess:
     )
 
 
-async def _run_peer(
-    url: str,
-    system: str,
-    levels: list[int],
-    repeat: int,
-    seconds: float,
-    warmup_s: float,
-    samples: np.ndarray,
-    reference: np.ndarray,
-) -> tuple[list[Point], Check]:
-    connector = aiohttp.TCPConnector(limit=max(levels))
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
-        return await _measure(
-            HttpPeer(session), system, levels, repeat, seconds, warmup_s, samples, reference
-        )
+async def _run_peer(url: str, system: str, load: Load) -> tuple[list[Point], Check]:
+    async with _session(url, load) as session:
+        return await _measure(HttpPeer(session), system, load)
 
 
 async def _run_ours(
-    grpc_url: str,
-    gateway_url: str,
-    key: str,
-    levels: list[int],
-    repeat: int,
-    seconds: float,
-    warmup_s: float,
-    samples: np.ndarray,
-    reference: np.ndarray,
+    grpc_url: str, gateway_url: str, key: str, load: Load
 ) -> tuple[list[Point], list[Check]]:
-    points: list[Point] = []
-    checks: list[Check] = []
     client = grpcaio.InferenceServerClient(grpc_url)
     try:
-        p, c = await _measure(
-            TritonGrpc(client),
-            "triton-grpc",
-            levels,
-            repeat,
-            seconds,
-            warmup_s,
-            samples,
-            reference,
-        )
-        points += p
-        checks.append(c)
+        points, check = await _measure(TritonGrpc(client), "triton-grpc", load)
     finally:
         await client.close()
-    connector = aiohttp.TCPConnector(limit=max(levels))
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(gateway_url, connector=connector, timeout=timeout) as session:
-        p, c = await _measure(
-            GatewayV2(session, key),
-            "gateway-miss",
-            levels,
-            repeat,
-            seconds,
-            warmup_s,
-            samples,
-            reference,
-        )
-    return points + p, [*checks, c]
+    async with _session(gateway_url, load) as session:
+        more, gateway_check = await _measure(GatewayV2(session, key), "gateway-miss", load)
+    return points + more, [check, gateway_check]
 
 
 # -- the ceiling -----------------------------------------------------------------------------
@@ -388,6 +352,7 @@ def run(
                 if system == "gateway-miss" and "triton-grpc" in systems:
                     continue  # measured with triton-grpc (one start of the stack)
                 console.print(f"[bold]repeat {repeat}: {system}[/]")
+                load = Load(levels, repeat, seconds, warmup_s, samples, reference)
                 started = time.perf_counter()
                 if system in PEERS:
                     port = free_port()
@@ -395,18 +360,7 @@ def run(
                     commands.append(" ".join(process.command[1:]).replace(str(port), "PORT"))
                     with process:
                         console.print(f"  up in {time.perf_counter() - started:.1f} s")
-                        p, c = asyncio.run(
-                            _run_peer(
-                                f"http://127.0.0.1:{port}",
-                                system,
-                                levels,
-                                repeat,
-                                seconds,
-                                warmup_s,
-                                samples,
-                                reference,
-                            )
-                        )
+                        p, c = asyncio.run(_run_peer(f"http://127.0.0.1:{port}", system, load))
                     cs = [c]
                 else:  # our stack: Triton gRPC and the gateway (cache miss), one start
                     stack = local_stack(
@@ -414,19 +368,8 @@ def run(
                     )
                     with stack as ours:
                         console.print(f"  up in {time.perf_counter() - started:.1f} s")
-                        p, cs = asyncio.run(
-                            _run_ours(
-                                ours.triton.grpc_url,
-                                ours.gateway_url,
-                                key,
-                                levels,
-                                repeat,
-                                seconds,
-                                warmup_s,
-                                samples,
-                                reference,
-                            )
-                        )
+                        grpc_url, gateway_url = ours.triton.grpc_url, ours.gateway_url
+                        p, cs = asyncio.run(_run_ours(grpc_url, gateway_url, key, load))
                 for point in p:
                     console.print(
                         f"  {point.target} c={point.concurrency}: {point.throughput} req/s, "

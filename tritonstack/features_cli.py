@@ -3,14 +3,16 @@
 Every step is idempotent: ``generate`` reuses data made for the same spec and hour, ``apply``
 lets Feast diff against its registry, ``materialize`` is incremental, ``train`` reuses an
 export made from the same data and config (``--force`` redoes any of them). The work is
-features/'s; these commands parse, call and print. Feast and torch load in seconds, so the
-modules that import them are imported inside the commands on purpose.
+features/'s; these commands parse, call and print. ``features.data`` (pandas) and
+``features.train`` (torch) load in seconds: they are imported inside their commands on purpose.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -19,7 +21,9 @@ import typer
 from rich.table import Table
 
 from deploy.local.settings import StackSettings
+from features import store
 from features.errors import FeatureStoreError
+from features.online import lookup
 from features.settings import FeatureSettings
 from tritonstack.console import console, fail
 
@@ -28,6 +32,15 @@ features_app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@contextmanager
+def _or_fail() -> Iterator[None]:
+    """A FeatureStoreError ends the command with its message (exit 1)."""
+    try:
+        yield
+    except FeatureStoreError as exc:
+        raise fail(str(exc)) from None
 
 
 def _when(value: str | None) -> datetime | None:
@@ -64,13 +77,9 @@ def generate(
 @features_app.command()
 def apply() -> None:
     """Write feature_store.yaml from FEATURES_* settings and register the definitions."""
-    from features.store import apply as run_apply
-
     settings = FeatureSettings()
-    try:
-        report = run_apply(settings)
-    except FeatureStoreError as exc:
-        raise fail(str(exc)) from None
+    with _or_fail():
+        report = store.apply(settings)
     console.print(
         f"applied {', '.join(report.detail['objects'])} to project {settings.project} "
         f"({settings.store_kind} online store) in {report.duration_s:.1f} s"
@@ -85,13 +94,9 @@ def materialize(
     end: Annotated[str | None, typer.Option(help="ISO time (default: now, UTC)")] = None,
 ) -> None:
     """Load offline rows into the online store (incremental up to now by default)."""
-    from features.store import materialize as run_materialize
-
     settings = FeatureSettings()
-    try:
-        report = run_materialize(settings, start=_when(start), end=_when(end))
-    except FeatureStoreError as exc:
-        raise fail(str(exc)) from None
+    with _or_fail():
+        report = store.materialize(settings, start=_when(start), end=_when(end))
     console.print(
         f"materialized ({report.detail['mode']}) up to {report.detail['end']} into "
         f"{settings.store_kind} in {report.duration_s:.1f} s"
@@ -113,13 +118,10 @@ def train(
 
     settings = FeatureSettings()
     build_dir = StackSettings().home / "build" / "driver_ranker"
-    try:
-        with console.status("training driver_ranker on point-in-time features"):
-            result = train_and_export(
-                settings, repository, build_dir=build_dir, version=version, force=force
-            )
-    except FeatureStoreError as exc:
-        raise fail(str(exc)) from None
+    with _or_fail(), console.status("training driver_ranker on point-in-time features"):
+        result = train_and_export(
+            settings, repository, build_dir=build_dir, version=version, force=force
+        )
     report = result.report
     table = Table(title=f"driver_ranker ({'reused' if result.reused else 'trained'})")
     table.add_column("measure")
@@ -143,12 +145,8 @@ def get(
     entity_ids: Annotated[list[int], typer.Argument(help="driver ids")],
 ) -> None:
     """Read the model's features of drivers from the online store (as the gateway does)."""
-    from features.online import lookup
-
-    try:
+    with _or_fail():
         console.print_json(json.dumps(asyncio.run(lookup(FeatureSettings(), entity_ids))))
-    except FeatureStoreError as exc:
-        raise fail(str(exc)) from None
 
 
 def prepare(repository: Path) -> bool:

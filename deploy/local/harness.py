@@ -27,7 +27,7 @@ from deploy.local.gateway import GatewayProcess
 from deploy.local.redis import RedisServer
 from deploy.local.runtime import TritonRuntime
 from deploy.local.settings import StackSettings
-from deploy.local.triton import TritonServer
+from deploy.local.triton import TritonPorts, TritonServer
 from export.reader import servable_models
 from gateway.tenants import TenantConfig, generate_key, hash_key
 
@@ -59,15 +59,24 @@ def unlimited_tenant(name: str = "bench") -> tuple[str, dict[str, TenantConfig]]
 
 
 def triton_server(
-    settings: StackSettings, work_dir: Path, models: Sequence[str] | None = None
+    settings: StackSettings,
+    work_dir: Path,
+    models: Sequence[str] | None = None,
+    *,
+    ports: TritonPorts | None = None,
+    response_cache_bytes: int = 0,
 ) -> TritonServer:
     """Triton (not started) in explicit model control on ``settings.model_repository``,
-    loading ``models`` (default: every exported one, ensembles last), on free ports."""
+    loading ``models`` (default: every exported one, ensembles last), on ``ports`` (default:
+    free ones, never the configured ports a running ``up`` may hold), response cache off
+    unless asked for (perf_analyzer repeats its inputs)."""
     chosen = servable_models(settings.model_repository)[0] if models is None else list(models)
     return TritonServer(
         TritonRuntime(settings.runtime_dir),
         settings.model_repository,
         work_dir=work_dir,
+        ports=ports,
+        response_cache_bytes=response_cache_bytes,
         host=settings.host,
         startup_timeout_s=settings.startup_timeout_s,
         shutdown_timeout_s=settings.shutdown_timeout_s,
@@ -82,14 +91,23 @@ def gateway_process(
     *,
     redis_url: str | None = None,
     tenants: Mapping[str, TenantConfig] | None = None,
+    tenants_file: Path | None = None,
     settings: Mapping[str, str] | None = None,
     host: str = "127.0.0.1",
+    port: int = 0,
 ) -> GatewayProcess:
-    """A gateway (not started) in front of ``triton_grpc_url`` on a free port; ``tenants`` go
-    in ``GATEWAY_TENANTS`` and ``settings`` (``GATEWAY_*``/``FEATURES_*``) over them."""
+    """A gateway (not started) in front of ``triton_grpc_url`` on ``port`` (0: a free one);
+    ``tenants`` go in ``GATEWAY_TENANTS`` (or a ``tenants_file``), ``settings``
+    (``GATEWAY_*``/``FEATURES_*``) over them."""
     env = {**(tenants_env(tenants) if tenants is not None else {}), **(settings or {})}
     return GatewayProcess(
-        work_dir, triton_grpc_url=triton_grpc_url, redis_url=redis_url, host=host, settings=env
+        work_dir,
+        triton_grpc_url=triton_grpc_url,
+        tenants_file=tenants_file,
+        redis_url=redis_url,
+        port=port,
+        host=host,
+        settings=env,
     )
 
 

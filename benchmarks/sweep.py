@@ -92,7 +92,8 @@ def perf_sweep(
         except PerfAnalyzerError as exc:
             console.print(f"[red]perf_analyzer failed[/]: {exc}")
             return False
-        console.print(f"[dim]$ {sweep.command_line}[/]", highlight=False)
+        # one line however wide (a terminal wraps it): a log keeps it copy-and-paste whole
+        console.print(f"[dim]$ {sweep.command_line}[/]", highlight=False, soft_wrap=True)
         points += sweep.points
         commands.append(sweep.command_line)
     console.print(render_table(points, f"perf_analyzer: {', '.join(models)}"))

@@ -10,8 +10,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from deploy.local.errors import DeployError
-from deploy.local.gateway import curl_examples
 from deploy.local.settings import StackSettings
 from features.cli import app as features_app
 
@@ -224,62 +222,6 @@ def variants(
 
 
 @app.command()
-def up(
-    http_port: Annotated[
-        int | None, typer.Option(min=0, max=65535, help="0 or unset: a free port")
-    ] = None,
-    grpc_port: Annotated[int | None, typer.Option(min=0, max=65535)] = None,
-    metrics_port: Annotated[int | None, typer.Option(min=0, max=65535)] = None,
-) -> None:
-    """Start the local stack (Triton, redis-server, gateway) in the background, until `down`."""
-    from deploy.local import stack
-
-    ports = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
-    settings = StackSettings().model_copy(update={k: v for k, v in ports.items() if v is not None})
-    try:
-        with console.status("starting tritonserver, redis-server and the gateway"):
-            state = stack.up(settings)
-    except DeployError as exc:
-        raise _fail(str(exc)) from None
-    console.print(
-        f"triton up (pid {state.pid}): gRPC {state.grpc_url}, "
-        f"HTTP http://{state.http_url}, metrics :{state.metrics_port}"
-    )
-    gateway = stack.read_service(settings, "gateway")
-    if gateway is not None:
-        console.print(f"gateway up (pid {gateway.pid}): {gateway.url}")
-        typer.echo(curl_examples(gateway.url, stack.dev_api_key(settings) or "<key>"))
-
-
-@app.command()
-def down() -> None:
-    """Stop exactly what `tritonstack up` started."""
-    from deploy.local import stack
-
-    try:
-        state = stack.down(StackSettings())
-    except DeployError as exc:
-        raise _fail(str(exc)) from None
-    console.print(f"stopped the gateway, redis-server and triton (pid {state.pid})")
-
-
-@app.command()
-def status(
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
-) -> None:
-    """What runs and where: Triton addresses, Redis, the gateway URL and the dev API key."""
-    from deploy.local import stack
-
-    info = stack.status(StackSettings())
-    if as_json:
-        typer.echo(json.dumps(info, indent=2))
-    else:
-        console.print_json(data=info)
-    if not info["running"]:
-        raise typer.Exit(3)
-
-
-@app.command()
 def infer(
     texts: Annotated[list[str], typer.Argument(help="texts to embed")],
     protocol: Annotated[str, typer.Option(help="grpc or http (KServe v2 JSON)")] = "grpc",
@@ -342,8 +284,10 @@ def demo() -> None:
 
 
 from tritonstack.bench_cli import bench_app  # noqa: E402  (after `app` is complete)
+from tritonstack.stack_cli import register as register_stack_commands  # noqa: E402
 
 app.add_typer(bench_app, name="bench")
+register_stack_commands(app)  # up, down, status, logs
 
 if __name__ == "__main__":
     app()

@@ -6,9 +6,12 @@ The supervisor keeps a dead process's log as ``<log>.1`` and the next process wr
 
 from __future__ import annotations
 
+import codecs
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from deploy.local.services import LOG_FILES, log_path
 from deploy.local.settings import StackSettings
@@ -34,23 +37,36 @@ def follow(
     poll_s: float = 0.25,
     until: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Write what is appended to ``path`` from its current end on, until ``until()``."""
-    position = path.stat().st_size if path.exists() else 0
-    inode = path.stat().st_ino if path.exists() else None
-    while not until():
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
+    """Write what is appended to ``path`` from its current end on, until ``until()``.
+
+    The file is kept open, so the last lines of a process written just before its log was
+    renamed to ``.1`` are read too, and then the new log from its start.
+    """
+    handle: BinaryIO | None = None
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a chunk may end mid-character
+    try:
+        if path.exists():
+            handle = path.open("rb")
+            handle.seek(0, 2)
+        while not until():
+            if handle is not None:
+                write(decoder.decode(handle.read()))
+            try:
+                current = path.stat()
+            except FileNotFoundError:
+                time.sleep(poll_s)
+                continue
+            if handle is None or os.fstat(handle.fileno()).st_ino != current.st_ino:
+                if handle is not None:  # drained above: the next process's log begins
+                    write(decoder.decode(handle.read(), final=True))
+                    write(f"--- {path.name}: a new process (the previous log: {path.name}.1) ---\n")
+                    handle.close()
+                handle = path.open("rb")
+                decoder.reset()
+                continue
+            if current.st_size < handle.tell():  # truncated in place
+                handle.seek(0)
             time.sleep(poll_s)
-            continue
-        if stat.st_ino != inode or stat.st_size < position:  # restarted: a fresh log
-            if inode is not None:
-                write(f"--- {path.name}: a new process (the previous log is {path.name}.1) ---\n")
-            inode, position = stat.st_ino, 0
-        if stat.st_size > position:
-            with path.open("rb") as fh:
-                fh.seek(position)
-                chunk = fh.read(stat.st_size - position)
-            position += len(chunk)
-            write(chunk.decode("utf-8", "replace"))
-        time.sleep(poll_s)
+    finally:
+        if handle is not None:
+            handle.close()

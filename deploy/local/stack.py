@@ -299,7 +299,9 @@ def status(settings: StackSettings) -> dict[str, Any]:
         "supervisor": {
             "pid": supervisor.pid,
             "alive": supervisor_alive,
-            "phase": supervisor.phase if supervisor_alive else f"{supervisor.phase} (not running)",
+            "phase": supervisor.phase
+            if supervisor_alive or supervisor.phase in ("stopped", "failed")
+            else "dead",  # killed: its services run unsupervised until `down`
             "error": supervisor.error,
             "uptime_s": round(now - supervisor.started_unix, 1)
             if supervisor_alive and supervisor.started_unix

@@ -144,6 +144,8 @@ class ServiceRunner:
         try:
             self._start()
         except Exception as exc:  # whatever it was, `up` reports it and stops the rest
+            if self.stopping.is_set():  # `down` while starting: not a failure of its own
+                return
             self.error = str(exc) or type(exc).__name__
             self.store.service(self.name, state="failed", message=self.error.splitlines()[0])
             return

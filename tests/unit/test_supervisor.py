@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from deploy.local.logs import follow
 from deploy.local.process import BackgroundProcess, exit_cause, pid_running
 from deploy.local.services import ServiceSpec
 from deploy.local.settings import StackSettings
@@ -172,3 +174,33 @@ def test_stop_stops_the_group_and_records_it(
     assert pid is not None and not pid_running(pid) and not pid_running(orphan)
     assert store.state.services["redis"].state == "stopped"
     assert not runner.thread.is_alive()
+
+
+def test_follow_reads_a_log_to_its_end_and_goes_on_in_the_next_process_log(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "tritonserver.log"
+    log.write_text("before\n")  # already there: not printed by -f -n 0
+    seen: list[str] = []
+    done = threading.Event()
+    follower = threading.Thread(
+        target=follow, args=(log, seen.append), kwargs={"poll_s": 0.02, "until": done.is_set}
+    )
+    follower.start()
+    try:
+        time.sleep(0.1)
+        with log.open("a") as fh:
+            fh.write("one\n")
+            fh.flush()
+            log.rename(tmp_path / "tritonserver.log.1")  # the supervisor keeps it as .1 ...
+            fh.write("last words \u00e9\n")  # ... written before the follower saw them
+        time.sleep(0.1)
+        log.write_text("fresh\n")  # the restarted process
+        _until(lambda: "fresh" in "".join(seen), 5)
+    finally:
+        done.set()
+        follower.join(5)
+    text = "".join(seen)
+    assert "before" not in text
+    assert text.index("one") < text.index("last words \u00e9") < text.index("a new process")
+    assert text.index("a new process") < text.index("fresh")

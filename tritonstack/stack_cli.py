@@ -88,7 +88,8 @@ def _print_status(info: dict[str, Any]) -> None:
         + (f" - {supervisor['error']}" if supervisor["error"] else "")
     )
     table = Table()
-    for column in ("service", "state", "health", "pid", "uptime", "restarts", "last exit", "address"):
+    columns = ("service", "state", "health", "pid", "uptime", "restarts", "last exit", "address")
+    for column in columns:
         table.add_column(column)
     for name in ("triton", "redis", "gateway"):
         entry = info[name]

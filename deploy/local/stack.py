@@ -8,6 +8,7 @@ under it, and then anything a dead supervisor left behind.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -156,6 +157,11 @@ def up(settings: StackSettings, *, progress: Progress | None = None) -> TritonSt
         return _triton(settings)
     if current is not None:  # a failed `up`, or a supervisor that died: clear what it left
         _clear(settings, current)
+    elif _legacy_pids(settings):
+        raise StackStartError(
+            f"{settings.state_file} records a stack started by an older tritonstack (no "
+            "supervisor): stop it with `tritonstack down` first"
+        )
     prefix = new_shm_prefix()
     state = StackState(
         settings=settings.model_dump(mode="json"),
@@ -237,7 +243,14 @@ def down(settings: StackSettings) -> StackState:
     settings = absolute(settings)
     state = read_stack(settings)
     if state is None:
-        raise StackNotRunningError(f"no stack recorded in {settings.state_file}")
+        legacy = _legacy_pids(settings)
+        if not legacy:
+            raise StackNotRunningError(f"no stack recorded in {settings.state_file}")
+        for name, pid in legacy:  # the launcher before supervision: its groups, in order
+            if _runs(name, pid):
+                stop_process_group(pid, settings.shutdown_timeout_s)
+        settings.state_file.unlink(missing_ok=True)
+        return StackState(settings.model_dump(mode="json"), "", SupervisorRecord(log=""), {})
     supervisor = state.supervisor
     if supervisor.alive(settings.state_file):
         assert supervisor.pid is not None
@@ -258,17 +271,29 @@ def _clear(settings: StackSettings, state: StackState) -> None:
     a pid may have been reused), then remove the stack's shared-memory regions."""
     for name in reversed(SERVICES):
         record = state.services.get(name)
-        if record is not None and record.pid is not None and _runs(record):
+        if record is not None and record.pid is not None and _runs(name, record.pid):
             stop_process_group(record.pid, settings.shutdown_timeout_s)
     remove_shm_regions(state.shm_prefix)
 
 
-def _runs(record: ServiceRecord) -> bool:
-    assert record.pid is not None
-    commands = _COMMANDS[record.name]
+def _runs(name: str, pgid: int) -> bool:
+    """True while the group ``pgid`` still runs service ``name``'s commands."""
     return any(
-        any(c in process_cmdline(pid) for c in commands) for pid in group_members(record.pid)
+        any(c in process_cmdline(pid) for c in _COMMANDS[name]) for pid in group_members(pgid)
     )
+
+
+def _legacy_pids(settings: StackSettings) -> list[tuple[str, int]]:
+    """(service, pid) of a state file written by the launcher before supervision, if any."""
+    try:
+        data = json.loads(settings.state_file.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(data, dict) or "format" in data:
+        return []
+    found = [(name, data[name].get("pid")) for name in ("gateway", "redis", "triton")
+             if isinstance(data.get(name), dict)]  # fmt: skip
+    return [(name, pid) for name, pid in found if isinstance(pid, int)]
 
 
 # -- status ----------------------------------------------------------------------------------------

@@ -3,8 +3,10 @@ backoff and budget, exit causes, orphans of a dead leader killed, a hung process
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from deploy.local import stack
+from deploy.local.errors import StackNotRunningError, StackStartError
 from deploy.local.logs import follow
 from deploy.local.process import BackgroundProcess, exit_cause, pid_running
 from deploy.local.services import ServiceSpec
@@ -204,3 +208,28 @@ def test_follow_reads_a_log_to_its_end_and_goes_on_in_the_next_process_log(
     assert "before" not in text
     assert text.index("one") < text.index("last words \u00e9") < text.index("a new process")
     assert text.index("a new process") < text.index("fresh")
+
+
+def test_down_stops_a_stack_recorded_before_supervision_and_up_refuses_it(
+    tmp_path: Path,
+) -> None:
+    """A state file of the launcher before supervision (no format): `up` refuses to start a
+    second stack beside it, `down` stops its recorded groups that still run their commands."""
+    settings = StackSettings(home=tmp_path)
+    redis = subprocess.Popen(["sh", "-c", "sleep 60", "redis-server"], start_new_session=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    settings.state_file.write_text(
+        json.dumps({"redis": {"pid": redis.pid, "url": "x"}, "triton": {"pid": dead.pid}})
+    )
+    try:
+        with pytest.raises(StackStartError, match="older tritonstack"):
+            stack.up(settings)
+        stack.down(settings)  # Triton's recorded pid runs nothing now: left alone
+        assert redis.wait(timeout=10) == -signal.SIGTERM
+        assert not settings.state_file.exists()
+        with pytest.raises(StackNotRunningError):
+            stack.down(settings)
+    finally:
+        redis.kill()
+        redis.wait()

@@ -150,6 +150,7 @@ class Upstream:
         self._slots = asyncio.Semaphore(settings.max_inflight)
         self._models: dict[str, ModelInfo] = {}
         self._loading: dict[str, asyncio.Task[ModelInfo]] = {}
+        self._lost = False  # Triton was unreachable: reload metadata once it answers again
 
     async def open(self) -> None:
         """Create the gRPC channel (inside the serving event loop: gRPC aio binds to it)."""
@@ -277,6 +278,7 @@ class Upstream:
             outcome = error.code
             if _is_connection_failure(error):
                 self.breaker.failure()
+                self._lost = True
             else:
                 self.breaker.success()  # Triton answered: the connection is fine
             raise error from None
@@ -286,7 +288,15 @@ class Upstream:
                 time.perf_counter() - started
             )
         self.breaker.success()
+        self._reconnected()
         return result
+
+    def _reconnected(self) -> None:
+        """Triton answers again after it could not be reached: it may be a restarted server
+        serving other versions, so cached metadata is dropped (fetched again on next use)."""
+        if self._lost:
+            self._lost = False
+            self._models.clear()
 
     # -- health ------------------------------------------------------------------------------
     async def ready(self, models: Sequence[str]) -> dict[str, bool]:
@@ -307,4 +317,7 @@ class Upstream:
             checks[f"model:{name}"] = bool(ok)
         if checks["triton"]:
             self.breaker.success()
+            self._reconnected()
+        else:
+            self._lost = True
         return checks

@@ -12,8 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from deploy.local.errors import DeployError
-from deploy.local.gateway import curl_examples
+from deploy.local import stack
 from deploy.local.settings import StackSettings
 from export.reader import served_file
 from tritonstack import export_cli
@@ -23,6 +22,7 @@ from tritonstack.console import fail as _fail
 from tritonstack.demo import run_demo
 from tritonstack.features_cli import features_app
 from tritonstack.infer import Endpoint, InferenceError, Protocol, TextEmbedder
+from tritonstack.stack_cli import register as register_stack_commands
 
 app = typer.Typer(
     help="Export a PyTorch model, serve it with Triton, query and benchmark it.",
@@ -33,62 +33,7 @@ app.command()(export_cli.export)
 app.command()(export_cli.variants)
 app.add_typer(features_app, name="features")
 app.add_typer(bench_app, name="bench")
-
-
-@app.command()
-def up(
-    http_port: Annotated[
-        int | None, typer.Option(min=0, max=65535, help="0 or unset: a free port")
-    ] = None,
-    grpc_port: Annotated[int | None, typer.Option(min=0, max=65535)] = None,
-    metrics_port: Annotated[int | None, typer.Option(min=0, max=65535)] = None,
-) -> None:
-    """Start the local stack (Triton, redis-server, gateway) in the background, until `down`."""
-    from deploy.local import stack
-
-    ports = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
-    settings = StackSettings().model_copy(update={k: v for k, v in ports.items() if v is not None})
-    try:
-        with console.status("starting tritonserver, redis-server and the gateway"):
-            state = stack.up(settings)
-    except DeployError as exc:
-        raise _fail(str(exc)) from None
-    console.print(
-        f"triton up (pid {state.pid}): gRPC {state.grpc_url}, "
-        f"HTTP http://{state.http_url}, metrics :{state.metrics_port}"
-    )
-    gateway = stack.read_service(settings, "gateway")
-    if gateway is not None:
-        console.print(f"gateway up (pid {gateway.pid}): {gateway.url}")
-        typer.echo(curl_examples(gateway.url, stack.dev_api_key(settings) or "<key>"))
-
-
-@app.command()
-def down() -> None:
-    """Stop exactly what `tritonstack up` started."""
-    from deploy.local import stack
-
-    try:
-        state = stack.down(StackSettings())
-    except DeployError as exc:
-        raise _fail(str(exc)) from None
-    console.print(f"stopped the gateway, redis-server and triton (pid {state.pid})")
-
-
-@app.command()
-def status(
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
-) -> None:
-    """What runs and where: Triton addresses, Redis, the gateway URL and the dev API key."""
-    from deploy.local import stack
-
-    info = stack.status(StackSettings())
-    if as_json:
-        typer.echo(json.dumps(info, indent=2))
-    else:
-        console.print_json(data=info)
-    if not info["running"]:
-        raise typer.Exit(3)
+register_stack_commands(app)  # up, down, status, logs
 
 
 @app.command()
@@ -100,8 +45,6 @@ def infer(
     full: Annotated[bool, typer.Option(help="print whole vectors as JSON")] = False,
 ) -> None:
     """Embed texts with the served model and print the vectors."""
-    from deploy.local import stack
-
     if protocol not in ("grpc", "http"):
         raise _fail(f"--protocol must be 'grpc' or 'http', got {protocol!r}")
     chosen: Protocol = "grpc" if protocol == "grpc" else "http"

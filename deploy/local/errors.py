@@ -3,6 +3,7 @@
 DeployError
  ├── RuntimeMissingError   the Triton runtime environment, binary or backend stub is absent
  ├── TritonStartError      tritonserver died or did not become ready in time (carries its log tail)
+ ├── StackStartError       `up`: a service of the stack did not start (nothing is left running)
  └── StackNotRunningError  `down`/`status` found no stack started by `up`
 """
 
@@ -23,6 +24,11 @@ class TritonStartError(DeployError):
             f"{message}\n--- tritonserver log (tail) ---\n{log_tail}" if log_tail else message
         )
         self.log_tail = log_tail
+
+
+class StackStartError(DeployError):
+    """``up`` failed: the supervisor stopped what had started; the message says which service
+    failed and why (its log tail)."""
 
 
 class StackNotRunningError(DeployError):

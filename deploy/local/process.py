@@ -37,14 +37,46 @@ def log_tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _group_alive(pgid: int) -> bool:
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, process group) of ``pid`` from /proc, or None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # the name may hold spaces and parentheses
+    return fields[0], int(fields[2])
+
+
+def pid_running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (an orphan nobody reaped is not running)."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def group_members(pgid: int) -> list[int]:
+    """The running (non-zombie) processes of the process group ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _stat(int(entry.name))
+            if stat is not None and stat[1] == pgid and stat[0] != "Z":
+                members.append(int(entry.name))
+    return members
+
+
+def group_alive(pgid: int) -> bool:
+    """True while a running process of the process group ``pgid`` exists.
+
+    Zombies do not count: where PID 1 does not reap orphans (as on this machine), the killed
+    python-backend stubs of a dead tritonserver stay zombies and would keep the group "alive".
+    """
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return bool(group_members(pgid))
 
 
 def _reap(pid: int) -> None:
@@ -57,24 +89,52 @@ def stop_process_group(pgid: int, timeout_s: float) -> bool:
 
     Returns True when the group had to be killed. The leader is reaped when it is our child.
     """
-    if not _group_alive(pgid):
+    if not group_alive(pgid):
         return False
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         _reap(pgid)
-        if not _group_alive(pgid):
+        if not group_alive(pgid):
             return False
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
     for _ in range(50):
         _reap(pgid)
-        if not _group_alive(pgid):
+        if not group_alive(pgid):
             break
         time.sleep(0.1)
     return True
+
+
+def kill_process_group(pgid: int, wait_s: float = 5.0) -> bool:
+    """SIGKILL what is left of the group ``pgid`` (a crashed leader's orphans) and wait for it.
+
+    Returns True when the group is gone. A dead leader's group id is not reused while any
+    member lives, so this reaches exactly the processes the leader started.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + wait_s
+    while group_alive(pgid):
+        _reap(pgid)
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def exit_cause(returncode: int) -> str:
+    """A process's exit status in words: ``exited with code 1``, ``killed by SIGKILL``."""
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"aborted ({name})" if name == "SIGABRT" else f"killed by {name}"
 
 
 class ProcessStartError(DeployError):

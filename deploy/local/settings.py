@@ -39,6 +39,21 @@ class StackSettings(BaseSettings):
     startup_timeout_s: float = Field(180.0, gt=0)
     shutdown_timeout_s: float = Field(30.0, gt=0)
 
+    # -- supervision (deploy/local/supervisor.py) -------------------------------------------
+    restart_backoff_s: float = Field(
+        0.2, ge=0, description="wait before the first restart; x4 per restart in the window"
+    )
+    restart_backoff_max_s: float = Field(30.0, ge=0, description="longest wait before a restart")
+    restart_budget: int = Field(
+        5, ge=0, description="restarts per service within restart_window_s; then it stays failed"
+    )
+    restart_window_s: float = Field(300.0, gt=0)
+    liveness_interval_s: float = Field(2.0, gt=0, description="between two liveness probes")
+    liveness_timeout_s: float = Field(2.0, gt=0, description="deadline of one probe")
+    liveness_failures: int = Field(
+        5, ge=1, description="failed probes in a row after which a hung process is replaced"
+    )
+
     @property
     def runtime_dir(self) -> Path:
         return (self.runtime_env or self.home / "runtime").absolute()

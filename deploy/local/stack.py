@@ -1,40 +1,68 @@
-"""``tritonstack up|down|status``: Triton, redis-server and the gateway as background processes.
+"""``tritonstack up|down|status``: Triton, redis-server and the gateway under one supervisor.
 
-One state file records what ``up`` started; ``down`` stops exactly that.
+``up`` fixes the stack's ports and shared-memory prefix in the state file and starts the
+supervisor (``deploy/local/supervisor.py``), which starts the services, restarts a crashed one
+on the same ports and records what happened; ``down`` stops the supervisor and so everything
+under it, and then anything a dead supervisor left behind.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
-import urllib.error
-import urllib.request
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from deploy.local.errors import StackNotRunningError, TritonStartError
-from deploy.local.gateway import GatewayProcess, ensure_dev_tenant, http_ok
-from deploy.local.process import BackgroundProcess, stop_process_group
-from deploy.local.redis import RedisServer
-from deploy.local.runtime import TritonRuntime
+from deploy.local.errors import StackNotRunningError, StackStartError
+from deploy.local.gateway import http_ok
+from deploy.local.process import group_alive, group_members, log_tail, stop_process_group
+from deploy.local.services import load_model, log_path, plan
 from deploy.local.settings import StackSettings
-from deploy.local.triton import TritonPorts, TritonServer, http_ready
+from deploy.local.state import (
+    SERVICES,
+    ServiceRecord,
+    StackState,
+    SupervisorRecord,
+    process_cmdline,
+    read_state_file,
+    write_state_file,
+)
+from deploy.local.triton import http_ready, new_shm_prefix, remove_shm_regions
 from export.reader import servable_models
 
+__all__ = [
+    "ServiceState",
+    "TritonState",
+    "dev_api_key",
+    "down",
+    "read_service",
+    "read_stack",
+    "read_state",
+    "servable_models",
+    "status",
+    "up",
+]
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+ROOT = Path(__file__).resolve().parents[2]
+# what each service's processes run: `down` kills a recorded group only if it still runs these
+_COMMANDS = {
+    "triton": ("tritonserver", "triton_python_backend_stub"),
+    "redis": ("redis-server",),
+    "gateway": ("-m gateway",),
+}
+Progress = Callable[[str], None]
 
 
 @dataclass
 class TritonState:
+    """Where the stack's Triton answers (what ``infer``, ``bench`` and the demo need)."""
+
     pid: int
     host: str
     http_port: int
@@ -53,12 +81,12 @@ class TritonState:
         return f"{self.host}:{self.http_port}"
 
     def alive(self) -> bool:
-        return pid_alive(self.pid)
+        return bool(self.pid) and bool(group_alive(self.pid))
 
 
 @dataclass
 class ServiceState:
-    """A background service other than Triton (redis-server, the gateway)."""
+    """redis-server or the gateway: its pid (0 while it restarts), URL and log."""
 
     pid: int
     url: str
@@ -66,230 +94,295 @@ class ServiceState:
     started_unix: float
 
     def alive(self) -> bool:
-        return pid_alive(self.pid)
+        return bool(self.pid) and bool(group_alive(self.pid))
 
 
-def _read(settings: StackSettings) -> dict[str, Any]:
-    try:
-        data = json.loads(settings.state_file.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
+def absolute(settings: StackSettings) -> StackSettings:
+    """The same settings with absolute paths (the supervisor runs from the project root)."""
+    return settings.model_copy(
+        update={
+            "home": settings.home.absolute(),
+            "model_repository": settings.model_repository.absolute(),
+            "runtime_env": settings.runtime_dir,
+        }
+    )
 
 
-def _write(settings: StackSettings, data: dict[str, Any]) -> None:
-    settings.state_file.parent.mkdir(parents=True, exist_ok=True)
-    settings.state_file.write_text(json.dumps(data, indent=2) + "\n")
+def read_stack(settings: StackSettings) -> StackState | None:
+    return read_state_file(settings.state_file)
 
 
 def read_state(settings: StackSettings) -> TritonState | None:
-    try:
-        return TritonState(**_read(settings)["triton"])
-    except (KeyError, TypeError):
+    state = read_stack(settings)
+    if state is None:
         return None
+    triton = state.services["triton"]
+    return TritonState(
+        pid=triton.pid or 0,
+        host=triton.host,
+        http_port=triton.ports["http"],
+        grpc_port=triton.ports["grpc"],
+        metrics_port=triton.ports["metrics"],
+        model_repository=str(state.settings["model_repository"]),
+        log=triton.log,
+        started_unix=triton.started_unix or 0.0,
+    )
 
 
 def read_service(settings: StackSettings, name: str) -> ServiceState | None:
-    try:
-        return ServiceState(**_read(settings)[name])
-    except (KeyError, TypeError):
+    state = read_stack(settings)
+    record = state.services.get(name) if state is not None else None
+    if record is None:
         return None
+    return ServiceState(record.pid or 0, record.url, record.log, record.started_unix or 0.0)
 
 
-def up(settings: StackSettings, extra_args: list[str] | None = None) -> TritonState:
-    """Start Triton, redis-server and the gateway in the background (each only when not running).
-
-    Returns Triton's state; ``read_service(settings, "gateway"|"redis")`` gives the others.
-    """
-    triton = _up_triton(settings, extra_args)  # recorded as soon as it runs
-    redis_url: str | None = None
-    if settings.redis:
-        redis = _up_redis(settings, read_service(settings, "redis"))
-        _write(settings, {**_read(settings), "redis": asdict(redis)})  # `down` can stop it
-        redis_url = redis.url
-    if settings.gateway:
-        gateway = _up_gateway(settings, triton, redis_url, read_service(settings, "gateway"))
-        _write(settings, {**_read(settings), "gateway": asdict(gateway)})
-    return triton
-
-
-def _up_triton(settings: StackSettings, extra_args: list[str] | None) -> TritonState:
-    ready, _ = servable_models(settings.model_repository)
-    current = read_state(settings)
-    if current is not None and current.alive():
-        for name in ready:  # exported since the server started: load it (explicit mode)
-            _load_model(current, name)
-        return current
-    home = settings.home.absolute()
-    if not ready:
-        raise StackNotRunningError(
-            f"no exported model in {settings.model_repository}: run `tritonstack export` first"
+# -- up --------------------------------------------------------------------------------------------
+def up(settings: StackSettings, *, progress: Progress | None = None) -> TritonState:
+    """Start the stack under its supervisor, or return the running one (loading models exported
+    since it started). Raises :class:`StackStartError` when a service did not start."""
+    settings = absolute(settings)
+    report = progress or (lambda _: None)
+    current = read_stack(settings)
+    if current is not None and current.supervisor.alive(settings.state_file):
+        current = _wait_started(settings, report)
+        if current.supervisor.phase != "running":
+            raise StackStartError(
+                f"the stack is {current.supervisor.phase}: "
+                + (current.supervisor.error or "run `tritonstack up` again once `down` finished")
+            )
+        triton = current.services["triton"]
+        if triton.state == "running":  # exported since it started: load it (explicit mode)
+            for name in servable_models(settings.model_repository)[0]:
+                load_model(f"{triton.host}:{triton.ports['http']}", name)
+        return _triton(settings)
+    if current is not None:  # a failed `up`, or a supervisor that died: clear what it left
+        _clear(settings, current)
+    elif _legacy_pids(settings):
+        raise StackStartError(
+            f"{settings.state_file} records a stack started by an older tritonstack (no "
+            "supervisor): stop it with `tritonstack down` first"
         )
-    # Explicit model control: only models with an exported version load (a tracked config
-    # whose artefacts are not built yet is skipped), and later exports load into a running
-    # server through the repository API.
-    mode = "explicit"
-    extra_args = [*(f"--load-model={name}" for name in ready), *(extra_args or [])]
-    server = TritonServer(
-        TritonRuntime(settings.runtime_dir),
-        settings.model_repository,
-        work_dir=home / "triton",
-        ports=TritonPorts.resolve(
-            settings.http_port, settings.grpc_port, settings.metrics_port, settings.host
-        ),
-        host=settings.host,
-        startup_timeout_s=settings.startup_timeout_s,
-        shutdown_timeout_s=settings.shutdown_timeout_s,
-        model_control_mode=mode,
-        extra_args=extra_args,
-        response_cache_bytes=settings.response_cache_bytes,
+    prefix = new_shm_prefix()
+    state = StackState(
+        settings=settings.model_dump(mode="json"),
+        shm_prefix=prefix,
+        supervisor=SupervisorRecord(log=str(log_path(settings, "supervisor"))),
+        services=plan(settings, prefix),
     )
-    server.start()  # raises TritonStartError with the log tail; stops what it started
-    assert server.pid is not None
-    state = TritonState(
-        pid=server.pid,
-        host=settings.host,
-        http_port=server.ports.http,
-        grpc_port=server.ports.grpc,
-        metrics_port=server.ports.metrics,
-        model_repository=str(server.model_repository),
-        log=str(server.log_path),
-        started_unix=time.time(),
-    )
-    _write(settings, {**_read(settings), "triton": asdict(state)})
-    server.process = None  # the server outlives this process; `down` stops it by its group
-    return state
+    write_state_file(settings.state_file, state)
+    supervisor_log = log_path(settings, "supervisor")
+    supervisor_log.parent.mkdir(parents=True, exist_ok=True)
+    with supervisor_log.open("ab") as out:
+        first = subprocess.run(
+            [sys.executable, "-m", "deploy.local.supervisor", str(settings.state_file)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,  # Ctrl-C in the terminal does not reach the stack
+            timeout=60,
+            check=False,
+        )  # it forks the daemon and returns
+    if first.returncode != 0:
+        raise StackStartError(
+            f"the supervisor did not start (exit {first.returncode}); log {supervisor_log}:\n"
+            + log_tail(supervisor_log, 20)
+        )
+    final = _wait_started(settings, report)
+    if final.supervisor.phase != "running":
+        _wait_exit(settings, final.supervisor)  # it stopped everything; let it finish
+        raise StackStartError(
+            final.supervisor.error or f"the stack stopped while starting ({supervisor_log})"
+        )
+    return _triton(settings)
 
 
-def _load_model(state: TritonState, name: str) -> None:
-    base = f"http://{state.http_url}/v2"
-    try:
-        with urllib.request.urlopen(f"{base}/models/{name}/ready", timeout=2) as r:
-            if r.status == 200:
-                return
-    except (urllib.error.URLError, OSError):
-        pass
-    request = urllib.request.Request(f"{base}/repository/models/{name}/load", method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=120):
-            return
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        raise TritonStartError(f"Triton could not load {name!r}: {detail}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise TritonStartError(f"Triton could not load {name!r}: {exc}") from None
-
-
-def _detach(process: BackgroundProcess, url: str) -> ServiceState:
-    assert process.pid is not None
-    state = ServiceState(process.pid, url, str(process.log_path), time.time())
-    process.process = None  # outlives this process; `down` stops it by its group
-    return state
-
-
-def _up_redis(settings: StackSettings, current: ServiceState | None) -> ServiceState:
-    if current is not None and current.alive():
-        return current
-    server = RedisServer(
-        settings.home.absolute() / "redis", port=settings.redis_port, host=settings.host
-    )
-    server.start()
-    return _detach(server, server.url)
-
-
-def _up_gateway(
-    settings: StackSettings,
-    triton: TritonState,
-    redis_url: str | None,
-    current: ServiceState | None,
-) -> ServiceState:
-    if current is not None and current.alive():
-        return current
-    directory = settings.home.absolute() / "gateway"
-    tenants_file, _ = ensure_dev_tenant(directory)
-    env = {
-        "GATEWAY_ENVIRONMENT": "development",
-        # the feature store `tritonstack features ...` set up (SQLite unless FEATURES_REDIS_URL)
-        "FEATURES_STATE_DIR": os.environ.get(
-            "FEATURES_STATE_DIR", str(settings.home.absolute() / "features")
-        ),
-    }
-    if "driver_ranker" in servable_models(settings.model_repository)[0]:
-        env["GATEWAY_READY_REQUIRES_FEATURES"] = "true"
-    gateway = GatewayProcess(
-        directory,
-        triton_grpc_url=triton.grpc_url,
-        tenants_file=tenants_file,
-        redis_url=redis_url,
-        port=settings.gateway_port,
-        host=settings.host,
-        settings=env,
-    )
-    gateway.start()
-    return _detach(gateway, gateway.url)
-
-
-def down(settings: StackSettings) -> TritonState:
-    """Stop exactly what ``up`` started (gateway, redis-server, Triton) and forget it."""
+def _triton(settings: StackSettings) -> TritonState:
     state = read_state(settings)
-    if state is None:
-        raise StackNotRunningError(f"no stack recorded in {settings.state_file}")
-    for name in ("gateway", "redis"):
-        service = read_service(settings, name)
-        if service is not None:
-            stop_process_group(service.pid, settings.shutdown_timeout_s)
-    stop_process_group(state.pid, settings.shutdown_timeout_s)
-    settings.state_file.unlink(missing_ok=True)
+    assert state is not None
     return state
 
 
+def _wait_started(settings: StackSettings, report: Progress) -> StackState:
+    """Follow the supervisor's start-up until it runs the stack or gave up."""
+    deadline = time.monotonic() + settings.startup_timeout_s + 120  # + redis, gateway, margin
+    seen: dict[str, str] = {}
+    while True:
+        state = read_stack(settings)
+        if state is None:
+            raise StackStartError(f"the state file {settings.state_file} disappeared (`down`?)")
+        for name, record in state.services.items():
+            if seen.get(name) != record.state:
+                seen[name] = record.state
+                report(f"{name} {record.state}")
+        supervisor = state.supervisor
+        if supervisor.phase != "starting":
+            return state
+        if supervisor.pid is not None and not supervisor.alive(settings.state_file):
+            raise StackStartError(
+                f"the supervisor died while starting the stack; log {supervisor.log}:\n"
+                + log_tail(Path(supervisor.log), 20)
+            )
+        if time.monotonic() > deadline:
+            raise StackStartError(f"the stack did not start in time; log {supervisor.log}")
+        time.sleep(0.1)
+
+
+def _wait_exit(
+    settings: StackSettings, supervisor: SupervisorRecord, timeout_s: float = 10
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while supervisor.alive(settings.state_file) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+# -- down ------------------------------------------------------------------------------------------
+def down(settings: StackSettings) -> StackState:
+    """Stop the supervisor (it stops the gateway, Redis and Triton), then whatever a dead
+    supervisor left: the recorded process groups and the stack's shared-memory regions."""
+    settings = absolute(settings)
+    state = read_stack(settings)
+    if state is None:
+        legacy = _legacy_pids(settings)
+        if not legacy:
+            raise StackNotRunningError(f"no stack recorded in {settings.state_file}")
+        for name, pid in legacy:  # the launcher before supervision: its groups, in order
+            if _runs(name, pid):
+                stop_process_group(pid, settings.shutdown_timeout_s)
+        settings.state_file.unlink(missing_ok=True)
+        return StackState(settings.model_dump(mode="json"), "", SupervisorRecord(log=""), {})
+    supervisor = state.supervisor
+    if supervisor.alive(settings.state_file):
+        assert supervisor.pid is not None
+        os.kill(supervisor.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 3 * settings.shutdown_timeout_s + 10
+        while supervisor.alive(settings.state_file) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if supervisor.alive(settings.state_file):
+            os.kill(supervisor.pid, signal.SIGKILL)
+    final = read_stack(settings) or state
+    _clear(settings, final)
+    settings.state_file.unlink(missing_ok=True)
+    return final
+
+
+def _clear(settings: StackSettings, state: StackState) -> None:
+    """Stop the recorded services that still run (only groups that still run their commands:
+    a pid may have been reused), then remove the stack's shared-memory regions."""
+    for name in reversed(SERVICES):
+        record = state.services.get(name)
+        if record is not None and record.pid is not None and _runs(name, record.pid):
+            stop_process_group(record.pid, settings.shutdown_timeout_s)
+    remove_shm_regions(state.shm_prefix)
+
+
+def _runs(name: str, pgid: int) -> bool:
+    """True while the group ``pgid`` still runs service ``name``'s commands."""
+    return any(
+        any(c in process_cmdline(pid) for c in _COMMANDS[name]) for pid in group_members(pgid)
+    )
+
+
+def _legacy_pids(settings: StackSettings) -> list[tuple[str, int]]:
+    """(service, pid) of a state file written by the launcher before supervision, if any."""
+    try:
+        data = json.loads(settings.state_file.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(data, dict) or "format" in data:
+        return []
+    found = [(name, data[name].get("pid")) for name in ("gateway", "redis", "triton")
+             if isinstance(data.get(name), dict)]  # fmt: skip
+    return [(name, pid) for name, pid in found if isinstance(pid, int)]
+
+
+# -- status ----------------------------------------------------------------------------------------
 def dev_api_key(settings: StackSettings) -> str | None:
     path = settings.home.absolute() / "gateway" / "dev-api-key"
     return path.read_text().strip() if path.is_file() else None
 
 
 def status(settings: StackSettings) -> dict[str, Any]:
-    """What runs and where, as ``tritonstack status --json`` prints it."""
-    state = read_state(settings)
+    """What runs, where, how healthy, restarted how often and why: ``status --json``."""
+    settings = absolute(settings)
+    state = read_stack(settings)
     if state is None:
         return {
             "running": False,
             "state_file": str(settings.state_file),
+            "supervisor": None,
             "triton": None,
             "redis": None,
             "gateway": None,
         }
-    alive = state.alive()
+    now = time.time()
+    supervisor = state.supervisor
+    supervisor_alive = supervisor.alive(settings.state_file)
     info: dict[str, Any] = {
-        "running": alive,
+        "running": supervisor_alive and supervisor.phase == "running",
         "state_file": str(settings.state_file),
-        "triton": {
-            "pid": state.pid,
-            "alive": alive,
-            "ready": alive and http_ready(state.host, state.http_port),
-            "grpc": state.grpc_url,
-            "http": f"http://{state.http_url}",
-            "metrics": f"http://{state.host}:{state.metrics_port}/metrics",
-            "model_repository": state.model_repository,
-            "log": state.log,
+        "supervisor": {
+            "pid": supervisor.pid,
+            "alive": supervisor_alive,
+            "phase": supervisor.phase
+            if supervisor_alive or supervisor.phase in ("stopped", "failed")
+            else "dead",  # killed: its services run unsupervised until `down`
+            "error": supervisor.error,
+            "uptime_s": round(now - supervisor.started_unix, 1)
+            if supervisor_alive and supervisor.started_unix
+            else None,
+            "log": supervisor.log,
         },
+        "shm_prefix": state.shm_prefix,
+        "triton": None,
         "redis": None,
         "gateway": None,
     }
-    redis = read_service(settings, "redis")
-    if redis is not None:
-        info["redis"] = {"pid": redis.pid, "alive": redis.alive(), "url": redis.url}
-    gateway = read_service(settings, "gateway")
-    if gateway is not None:
-        gateway_alive = gateway.alive()
-        info["gateway"] = {
-            "pid": gateway.pid,
-            "alive": gateway_alive,
-            "ready": gateway_alive and http_ok(f"{gateway.url}/readyz"),
-            "url": gateway.url,
-            "metrics": f"{gateway.url}/metrics",
-            "docs": f"{gateway.url}/docs",
-            "dev_api_key": dev_api_key(settings),
-            "log": gateway.log,
-        }
+    for name, record in state.services.items():
+        info[name] = _service_status(settings, record, now)
     return info
+
+
+def _service_status(settings: StackSettings, record: ServiceRecord, now: float) -> dict[str, Any]:
+    alive = record.alive() and record.state == "running"
+    uptime = record.uptime_s(now)
+    last = record.last_exit
+    entry: dict[str, Any] = {
+        "state": record.state,
+        "pid": record.pid,
+        "alive": alive,
+        "health": record.health if alive else "unknown",
+        "uptime_s": round(uptime, 1) if uptime is not None and alive else None,
+        "restarts": record.restarts,
+        "last_exit": None
+        if last is None
+        else {
+            "cause": last.cause,
+            "ago_s": round(now - last.at_unix, 1),
+            "log_tail": last.log_tail,
+        },
+        "message": record.message,
+        "log": record.log,
+    }
+    host = record.host
+    if record.name == "triton":
+        ports = record.ports
+        entry.update(
+            ready=alive and http_ready(host, ports["http"]),
+            grpc=f"{host}:{ports['grpc']}",
+            http=f"http://{host}:{ports['http']}",
+            metrics=f"http://{host}:{ports['metrics']}/metrics",
+            model_repository=str(settings.model_repository),
+        )
+    elif record.name == "redis":
+        entry.update(url=record.url)
+    else:
+        entry.update(
+            ready=alive and http_ok(f"{record.url}/readyz"),
+            url=record.url,
+            metrics=f"{record.url}/metrics",
+            docs=f"{record.url}/docs",
+            dev_api_key=dev_api_key(settings),
+        )
+    return entry

@@ -2,10 +2,14 @@
 
 The server runs in its own process group (python-backend stubs are its children), so stopping
 it stops everything it started: SIGTERM to the group, then SIGKILL after ``shutdown_timeout_s``.
+Its python backend names its shared-memory regions (``/dev/shm``) with a prefix of its own, so
+the regions a killed server leaves behind are removed exactly, never another server's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -68,6 +72,40 @@ def log_excerpt(path: Path, errors: int = 20, tail: int = 15) -> str:
     return "\n".join(parts)
 
 
+SHM_DIR = Path("/dev/shm")
+
+
+def new_shm_prefix() -> str:
+    """A fresh ``shm-region-prefix-name`` for the python backend (regions: prefix + uuid)."""
+    return f"tritonstack_{secrets.token_hex(6)}_"
+
+
+def shm_regions(prefix: str) -> list[Path]:
+    """The python-backend shared-memory regions named with ``prefix`` that exist now."""
+    if not prefix:
+        raise ValueError("an empty prefix would match every region on the machine")
+    return sorted(SHM_DIR.glob(f"{prefix}*"))
+
+
+def remove_shm_regions(prefix: str) -> list[Path]:
+    """Unlink the regions of ``prefix`` (call it once the server's process group is gone)."""
+    removed = []
+    for region in shm_regions(prefix):
+        with contextlib.suppress(FileNotFoundError):
+            region.unlink()
+            removed.append(region)
+    return removed
+
+
+def http_live(host: str, port: int, timeout_s: float = 2.0) -> bool:
+    """True when Triton's ``/v2/health/live`` answers 200 (the process serves, models aside)."""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/v2/health/live", timeout=timeout_s) as r:
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def http_ready(host: str, port: int, timeout_s: float = 1.0) -> bool:
     """True when Triton's ``/v2/health/ready`` answers 200 (all models loaded, strict readiness)."""
     try:
@@ -84,7 +122,8 @@ class TritonServer(BackgroundProcess):
 
     Its own process group (python-backend stubs are its children), so stopping it stops
     everything it started; a failed start raises :class:`TritonStartError` with Triton's error
-    lines and log tail.
+    lines and log tail. ``shm_prefix`` names its python-backend regions (default: a fresh one);
+    ``stop`` removes what is left of them.
     """
 
     name = "tritonserver"
@@ -103,8 +142,10 @@ class TritonServer(BackgroundProcess):
         model_control_mode: str = "none",
         extra_args: list[str] | None = None,
         response_cache_bytes: int = 0,
+        shm_prefix: str | None = None,
     ) -> None:
         self.runtime = runtime
+        self.shm_prefix = shm_prefix or new_shm_prefix()
         self.model_repository = model_repository.absolute()
         self.work_dir = work_dir.absolute()
         self.ports = ports or TritonPorts.resolve(host=host)
@@ -152,6 +193,7 @@ class TritonServer(BackgroundProcess):
             "--exit-on-error=true",
             "--disable-auto-complete-config",
             "--allow-gpu-metrics=false",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *(
                 [f"--cache-config=local,size={self.response_cache_bytes}"]
                 if self.response_cache_bytes
@@ -170,3 +212,9 @@ class TritonServer(BackgroundProcess):
 
     def start_error(self, message: str) -> Exception:
         return TritonStartError(message, log_excerpt(self.log_path))
+
+    def stop(self) -> None:
+        """Stop the server and its stubs, then remove the shared memory they left behind."""
+        super().stop()
+        if self.process is not None:
+            remove_shm_regions(self.shm_prefix)

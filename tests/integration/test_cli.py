@@ -86,19 +86,33 @@ def test_up_status_infer_down(stack_env: dict[str, str]) -> None:
     assert gone.returncode == 3 and json.loads(gone.stdout)["running"] is False
 
 
-def test_failed_gateway_start_leaves_nothing_unrecorded(stack_env: dict[str, str]) -> None:
-    """A service that fails during `up` is reported; what did start is recorded, so `down`
-    stops it (no orphan redis-server)."""
+def test_failed_gateway_start_leaves_nothing_running(stack_env: dict[str, str]) -> None:
+    """`up` is all or nothing: a service that fails to start is reported with its own message,
+    the supervisor stops what did start (no orphan Triton or redis-server), `status` says why."""
     started = cli({**stack_env, "GATEWAY_MAX_BODY_BYTES": "1"}, "up")  # invalid: >= 1024
     assert started.returncode == 1
     assert "max_body_bytes" in started.stderr  # the gateway's own message, via its log tail
-    info = json.loads(cli(stack_env, "status", "--json").stdout)
-    redis_pid = info["redis"]["pid"]
-    assert info["gateway"] is None and info["triton"]["alive"]
-    assert cli(stack_env, "down").returncode == 0
-    for pid in (redis_pid, info["triton"]["pid"]):
-        with pytest.raises(ProcessLookupError):
-            os.killpg(pid, 0)
+    shown = cli(stack_env, "status", "--json")
+    info = json.loads(shown.stdout)
+    assert shown.returncode == 3 and not info["running"]
+    assert (
+        info["supervisor"]["phase"].startswith("failed")
+        and "gateway" in info["supervisor"]["error"]
+    )
+    assert info["gateway"]["state"] == "failed"
+    for name in ("triton", "redis"):
+        assert info[name]["state"] == "stopped" and info[name]["pid"] is None
+    home = stack_env["TRITONSTACK_HOME"]
+    assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if home in _read(p)]
+    assert not list(Path("/dev/shm").glob(f"{info['shm_prefix']}*"))
+    assert cli(stack_env, "down").returncode == 0  # forgets the failed stack
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def test_infer_without_a_stack_says_what_to_do(stack_env: dict[str, str]) -> None:

@@ -25,6 +25,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 _FIGURES: dict[str, dict[str, Any]] = {}
+_TIMINGS = (
+    "Each from the fault (the kill, the SIGCONT of the stalled stub), except "
+    "`test_triton_killed_mid_load_fails_fast_and_recovers`'s time_to_recover_ms: from the "
+    "moment the test started Triton again by hand (no supervisor there)."
+)
 
 
 @dataclass
@@ -110,6 +115,16 @@ def figures(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
         _FIGURES[request.node.name] = recorded
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not _FIGURES:
         return
@@ -121,20 +136,40 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     )
     stem.parent.mkdir(parents=True, exist_ok=True)
     machine = (
-        f"{os.cpu_count()} CPU cores, no GPU, {platform.platform()}, Python "
+        f"{_cpu_model()}, {os.cpu_count()} CPU cores, no GPU, {platform.platform()}, Python "
         f"{platform.python_version()}; clients, gateway, Redis and Triton on the same machine"
     )
+    note = os.environ.get("TRITONSTACK_RELIABILITY_NOTE", "")  # e.g. "shared with other work"
     data = {"date": date.today().isoformat(), "machine": machine, "scenarios": _FIGURES}
+    if note:
+        data["note"] = note
     stem.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
     lines = [
         "# Reliability and security figures",
         "",
         f"Machine: {machine}. Command: `make reliability` (the same tests run in `make test`).",
+        *(["", f"Note: {note}."] if note else []),
         "",
         "| scenario | figures |",
         "|---|---|",
     ]
     for name, values in _FIGURES.items():
         lines.append(f"| {name} | {json.dumps(values).replace('|', '/')} |")
+    timings = [
+        (name, key, value)
+        for name, values in _FIGURES.items()
+        for key, value in values.items()
+        if key.startswith("time_to_") and value is not None
+    ]
+    if timings:  # each as its test measures it (from the kill, the SIGCONT, Triton back)
+        lines += [
+            "",
+            "## Time to detect and recover",
+            "",
+            _TIMINGS,
+            "",
+            "| scenario | figure | ms |",
+        ]
+        lines += ["|---|---|---:|", *(f"| {n} | {k} | {v:g} |" for n, k, v in timings)]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     terminalreporter.write_line(f"written: {stem}.json, {stem}.md")

@@ -1,0 +1,145 @@
+"""``tritonstack up | down | status | logs``: the local stack's lifecycle (deploy/local)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from deploy.local import stack
+from deploy.local.errors import DeployError
+from deploy.local.gateway import curl_examples
+from deploy.local.logs import LOG_SERVICES, follow, log_file
+from deploy.local.process import log_tail
+from deploy.local.settings import StackSettings
+from tritonstack.console import console
+from tritonstack.console import fail as _fail
+
+
+def up(
+    http_port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="0 or unset: a free port")
+    ] = None,
+    grpc_port: Annotated[int | None, typer.Option(min=0, max=65535)] = None,
+    metrics_port: Annotated[int | None, typer.Option(min=0, max=65535)] = None,
+) -> None:
+    """Start the local stack (Triton, redis-server, gateway) under a supervisor, until `down`.
+
+    A service that crashes is restarted on the same ports (`tritonstack status` shows restarts
+    and their causes)."""
+    ports = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
+    settings = StackSettings().model_copy(update={k: v for k, v in ports.items() if v is not None})
+    try:
+        with console.status("starting tritonserver, redis-server and the gateway") as shown:
+            state = stack.up(settings, progress=lambda line: shown.update(f"up: {line}"))
+    except DeployError as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"triton up (pid {state.pid}): gRPC {state.grpc_url}, "
+        f"HTTP http://{state.http_url}, metrics :{state.metrics_port}"
+    )
+    gateway = stack.read_service(settings, "gateway")
+    if gateway is not None:
+        console.print(f"gateway up (pid {gateway.pid}): {gateway.url}")
+        typer.echo(curl_examples(gateway.url, stack.dev_api_key(settings) or "<key>"))
+    console.print("supervised: a crashed service restarts on the same ports (`tritonstack status`)")
+
+
+def down() -> None:
+    """Stop the supervisor and everything under it; nothing of the stack is left running."""
+    try:
+        state = stack.down(StackSettings())
+    except DeployError as exc:
+        raise _fail(str(exc)) from None
+    names = ", ".join(reversed(list(state.services)))
+    console.print(f"stopped {names} and their supervisor")
+
+
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+) -> None:
+    """Each service: state, health, pid, uptime, restarts, last exit; addresses and dev key."""
+    info = stack.status(StackSettings())
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+    elif info["supervisor"] is None:
+        console.print("no stack: start one with `tritonstack up`")
+    else:
+        _print_status(info)
+    if not info["running"]:
+        raise typer.Exit(3)
+
+
+def _print_status(info: dict[str, Any]) -> None:
+    supervisor = info["supervisor"]
+    console.print(
+        f"supervisor pid {supervisor['pid']}: {supervisor['phase']}"
+        + (f" - {supervisor['error']}" if supervisor["error"] else "")
+    )
+    table = Table()
+    columns = ("service", "state", "health", "pid", "uptime", "restarts", "last exit", "address")
+    for column in columns:
+        table.add_column(column)
+    for name in ("triton", "redis", "gateway"):
+        entry = info[name]
+        if entry is None:
+            continue
+        last = entry["last_exit"]
+        uptime = entry["uptime_s"]
+        table.add_row(
+            name,
+            entry["state"] + (f" ({entry['message']})" if entry["message"] else ""),
+            ("ready" if entry.get("ready") else entry["health"]),
+            str(entry["pid"] or "-"),
+            f"{uptime:.0f} s" if uptime is not None else "-",
+            str(entry["restarts"]),
+            f"{last['cause']} ({last['ago_s']:.0f} s ago)" if last else "-",
+            entry.get("grpc") or entry.get("url") or "",
+        )
+    console.print(table)
+    gateway = info["gateway"]
+    if gateway is not None and gateway.get("dev_api_key"):
+        console.print(f"dev API key: {gateway['dev_api_key']}  (docs: {gateway['docs']})")
+    console.print("logs: tritonstack logs triton|redis|gateway|supervisor [-f]")
+
+
+def logs(
+    service: Annotated[str, typer.Argument(help=" | ".join(LOG_SERVICES))],
+    follow_: Annotated[
+        bool, typer.Option("--follow", "-f", help="keep printing new lines")
+    ] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="lines of the tail")] = 50,
+    previous: Annotated[
+        bool, typer.Option(help="the log of the process before the last restart")
+    ] = False,
+) -> None:
+    """A service's log (Triton, Redis, gateway, supervisor); -f follows it across restarts."""
+    try:
+        path = log_file(StackSettings(), service, previous)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    if not path.exists() and not follow_:
+        raise _fail(f"no log at {path} (has `tritonstack up` run here?)")
+    if lines:
+        text = log_tail(path, lines)
+        typer.echo(text, nl=bool(text))
+    if follow_:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends following, not an error
+            follow(path, _write)
+
+
+def _write(chunk: str) -> None:
+    sys.stdout.write(chunk)
+    sys.stdout.flush()
+
+
+def register(app: typer.Typer) -> None:
+    """Add the lifecycle commands to the ``tritonstack`` app."""
+    app.command()(up)
+    app.command()(down)
+    app.command()(status)
+    app.command()(logs)

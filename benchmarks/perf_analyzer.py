@@ -61,13 +61,22 @@ def write_input_data(
     tokenizer = Tokenizer.from_file(str(tokenizer_json))
     tokenizer.enable_truncation(max_length=length)
     tokenizer.enable_padding(length=length, pad_id=0, pad_token="[PAD]")
+    encoded = tokenizer.encode_batch(list(texts))
+    return write_token_input_data([(e.ids, e.attention_mask, e.type_ids) for e in encoded], out)
+
+
+def write_token_input_data(
+    rows: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]], out: Path
+) -> Path:
+    """perf_analyzer ``--input-data`` JSON of token rows ``(ids, attention_mask, type_ids)``,
+    one request each (perf_analyzer cycles through them)."""
     data = [
         {
-            "input_ids": {"content": e.ids, "shape": [length]},
-            "attention_mask": {"content": e.attention_mask, "shape": [length]},
-            "token_type_ids": {"content": e.type_ids, "shape": [length]},
+            "input_ids": {"content": list(ids), "shape": [len(ids)]},
+            "attention_mask": {"content": list(mask), "shape": [len(mask)]},
+            "token_type_ids": {"content": list(types), "shape": [len(types)]},
         }
-        for e in tokenizer.encode_batch(list(texts))
+        for ids, mask, types in rows
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"data": data}))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,6 +158,9 @@ def session(path: Path, threads: int = 0) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+Runner = Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]]
+
+
 def verify_parity(
     spec: ModelSpec,
     onnx_path: Path,
@@ -174,25 +178,50 @@ def verify_parity(
     reference outputs computed once for several artefacts (then ``seed``/``cases`` are unused).
     """
     start = time.perf_counter()
-    budget = budget if isinstance(budget, Budget) else Budget(Metric.REL_L2, budget)
     if against is None:
         seed = fresh_seed() if seed is None else seed
         against = reference(spec, seed=seed, cases=cases, sample_data=sample_data)
     runner = session(onnx_path)
     output_names = [t.name for t in spec.outputs]
+    result = check_outputs(
+        lambda inputs: runner.run(output_names, inputs),
+        against,
+        output_names,
+        budget=budget,
+        seed=seed,
+        step=step,
+        artefact=onnx_path,
+    )
+    result.duration_s = time.perf_counter() - start
+    return result
 
+
+def check_outputs(
+    run: Runner,
+    against: list[ReferenceCase],
+    output_names: Sequence[str],
+    *,
+    budget: Budget | float = FP32_BUDGET,
+    seed: int | None = None,
+    step: str = "verify",
+    artefact: Path | None = None,
+) -> StepResult:
+    """Any runner (ONNX Runtime, PyTorch on a GPU, a server) against reference outputs, under
+    ``budget``: FAILED with how much it missed by, or a runner output of the wrong shape."""
+    start = time.perf_counter()
+    budget = budget if isinstance(budget, Budget) else Budget(Metric.REL_L2, budget)
     worst_rel, worst_abs, min_cos = 0.0, 0.0, 1.0
     agree, rows = 0, 0
     per_case = []
     for case in against:
-        got = runner.run(output_names, case.inputs)
+        got = run(case.inputs)
         for name, g, w in zip(output_names, got, case.outputs, strict=True):
             if g.shape != w.shape:
                 return StepResult(
                     step,
                     Status.FAILED,
-                    reason=f"output {name!r}: ONNX shape {g.shape} != PyTorch shape {w.shape}",
-                    artefact=onnx_path,
+                    reason=f"output {name!r}: got shape {g.shape} != PyTorch shape {w.shape}",
+                    artefact=artefact,
                     duration_s=time.perf_counter() - start,
                 )
             rel, cos = _per_sample(g, w)
@@ -236,7 +265,7 @@ def verify_parity(
         step,
         Status.OK if passed else Status.FAILED,
         reason="" if passed else budget.miss(value) + seed_note,
-        artefact=onnx_path,
+        artefact=artefact,
         metrics=metrics,
         duration_s=time.perf_counter() - start,
     )

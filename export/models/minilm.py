@@ -49,12 +49,20 @@ class SentenceEmbedder(torch.nn.Module):
         return F.normalize(summed / counts, p=2.0, dim=1)
 
 
-def token_sampler(vocab_size: int, cls_id: int = 101, sep_id: int = 102) -> SampleFn:
-    """Random but well-formed token batches: [CLS] ... [SEP] then padding, ragged lengths."""
+def token_sampler(
+    vocab_size: int, cls_id: int = 101, sep_id: int = 102, pool: np.ndarray | None = None
+) -> SampleFn:
+    """Random but well-formed token batches: [CLS] ... [SEP] then padding, ragged lengths.
+
+    Ids are drawn from ``[1000, vocab_size)``, or from ``pool`` when given (the GPU check
+    carries only those rows of the embedding table: benchmarks/gpu/stage.py)."""
 
     def sample(rng: np.random.Generator, batch: int, length: int) -> dict[str, np.ndarray]:
         length = max(length, 2)
-        ids = rng.integers(1000, vocab_size, size=(batch, length), dtype=np.int64)
+        if pool is None:
+            ids = rng.integers(1000, vocab_size, size=(batch, length), dtype=np.int64)
+        else:
+            ids = rng.choice(np.asarray(pool, dtype=np.int64), size=(batch, length))
         mask = np.zeros((batch, length), dtype=np.int64)
         lengths = rng.integers(2, length + 1, size=batch)
         lengths[0] = length  # at least one row fills the batch
@@ -71,11 +79,13 @@ def token_sampler(vocab_size: int, cls_id: int = 101, sep_id: int = 102) -> Samp
     return sample
 
 
-def load(module: torch.nn.Module | None = None) -> ModelSpec:
-    """The export spec of all-MiniLM-L6-v2 (``module`` overrides the PyTorch model, for tests)."""
+def load(module: torch.nn.Module | None = None, path: Path | None = None) -> ModelSpec:
+    """The export spec of all-MiniLM-L6-v2 (``module`` overrides the PyTorch model, for tests;
+    ``path`` a folder holding its ``config.json`` and ``sentence_bert_config.json``, by default
+    the installed package's)."""
     from transformers import AutoModel
 
-    path = model_path()
+    path = path or model_path()
     config = json.loads((path / "config.json").read_text())
     st_config = json.loads((path / "sentence_bert_config.json").read_text())
     if module is None:

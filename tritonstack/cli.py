@@ -344,6 +344,7 @@ def demo() -> None:
 from tritonstack.bench_cli import bench_app  # noqa: E402  (after `app` is complete)
 
 app.add_typer(bench_app, name="bench")
+app.command("batch")(__import__("tritonstack.batch_cli").batch_cli.batch)  # batch scoring
 
 if __name__ == "__main__":
     app()

@@ -21,7 +21,7 @@ reliability: setup  ## the reliability/security scenarios alone, figures into be
 lint: setup
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
-	@$(VENV)/bin/mypy tritonstack export deploy gateway benchmarks features
+	@$(VENV)/bin/mypy tritonstack export deploy gateway benchmarks features batch
 
 bench: setup  ## config search + peers side by side (installs the `bench` extra): benchmarks/results
 	@set -o pipefail; $(VENV)/bin/pip install -q --disable-pip-version-check -e ".[bench]" \

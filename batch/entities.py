@@ -121,6 +121,10 @@ class FeatureSource:
             self._times = {int(k): v.to_pydatetime() for k, v in newest.items()}
         return self._times
 
+    def _ttl_text(self) -> str:
+        ttl = self._store().get_feature_view(FEATURE_VIEW).ttl
+        return f"view's TTL ({ttl})" if ttl else "offline store"
+
     def rows(self, ids: Sequence[int]) -> list[FeatureRow]:
         """The point-in-time row of each id (``found`` False when none lies within the TTL)."""
         unique = sorted(set(ids))
@@ -161,7 +165,13 @@ class FeatureSource:
             issues = problems(row, max_age_s=max_age, now=self.as_of)
             if issues and policy == "reject":
                 worst = issues[0]
-                prepared.reject(position, _CODES.get(type(worst), "invalid_features"), str(worst))
+                reason = str(worst)
+                if isinstance(worst, UnknownEntityError):  # its message speaks of the online store
+                    reason = (
+                        f"unknown {self.entity_column} {row.entity_id}: no feature values in "
+                        f"the {self._ttl_text()} up to {self.as_of.isoformat()}"
+                    )
+                prepared.reject(position, _CODES.get(type(worst), "invalid_features"), reason)
             else:
                 usable.append((position, row))
         matrix = np.zeros((table.num_rows, len(MODEL_FEATURES)), dtype=np.float32)

@@ -368,6 +368,10 @@ def _lists(array: pa.Array, spec: TensorSpec, column: str, out: Prepared) -> Non
     out.fixed[spec.name] = fixed.reshape((rows, *spec.dims))
 
 
+def _length(row: np.ndarray | None) -> int:
+    return 0 if row is None else len(row)
+
+
 def batches(prepared: Prepared, batch_size: int) -> list[Batch]:
     """The valid rows as requests of at most ``batch_size`` rows: consecutive rows, or rows of
     one shape each when an input is a variable list."""
@@ -378,7 +382,7 @@ def batches(prepared: Prepared, batch_size: int) -> list[Batch]:
     if prepared.ragged:
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for position in valid:
-            key = tuple(len(prepared.ragged[n][position] or ()) for n in prepared.ragged)
+            key = tuple(_length(prepared.ragged[n][position]) for n in prepared.ragged)
             by_shape.setdefault(key, []).append(int(position))
         groups = [np.asarray(p, dtype=np.int64) for p in by_shape.values()]
     else:

@@ -198,15 +198,21 @@ class RunStore:
         if self.exists(relative):
             self.fs.rm(self.path(relative))
 
-    def clean_temporary(self) -> int:
-        """Remove half-written temporary files a killed run left behind; how many."""
+    def clean_temporary(self, shards: Iterable[Shard]) -> int:
+        """Remove the half-written files a killed run left behind for ``shards`` (only those:
+        other workers may be writing theirs into the same folders); how many."""
+        mine = set()
+        for shard in shards:
+            mine |= {f"{shard.name}.parquet", f"{shard.name}.jsonl", f"{shard.index:05d}.json"}
         removed = 0
-        for folder in (".", PARTS, DEAD_LETTERS, DONE):
+        for folder in (PARTS, DEAD_LETTERS, DONE):
             target = self.path(folder)
             if not self.fs.exists(target):
                 continue
             for path in self.fs.ls(target, detail=False):
-                if posixpath.basename(path.rstrip("/")).startswith(_TMP):
+                name = posixpath.basename(path.rstrip("/"))
+                # .tmp-<32 hex>-<target name>
+                if name.startswith(_TMP) and name[len(_TMP) + 33 :] in mine:
                     self.fs.rm(path)
                     removed += 1
         return removed

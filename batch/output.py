@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batch.inputs import Prepared, Rejected, TensorSpec
+from batch.inputs import Rejected, TensorSpec
 from batch.manifest import Shard
 
 ROW_INDEX = "row_index"
@@ -101,11 +101,15 @@ def _jsonable(value: Any) -> Any:
 
 
 def dead_letter_lines(
-    shard: Shard, rows: pa.Table, keys: Sequence[str], rejected: Sequence[Rejected]
+    shard: Shard,
+    rows: pa.Table,
+    keys: Sequence[str],
+    inputs: Sequence[str],
+    rejected: Sequence[Rejected],
 ) -> bytes:
-    """JSON lines of the refused rows, by row order (``rows``: the shard's columns as read)."""
+    """JSON lines of the refused rows, by row order (``rows``: the shard's columns as read;
+    ``inputs``: the columns that fed the model)."""
     lines = []
-    inputs = [n for n in rows.column_names if n not in keys]
     for item in sorted(rejected, key=lambda r: r.position):
         row = rows.slice(item.position, 1).to_pylist()[0]
         record = {
@@ -119,6 +123,3 @@ def dead_letter_lines(
         lines.append(json.dumps(record, ensure_ascii=False))
     return ("\n".join(lines) + "\n").encode() if lines else b""
 
-
-def rejected_of(prepared: Prepared) -> list[Rejected]:
-    return list(prepared.rejected.values())

@@ -97,6 +97,7 @@ class Plan:
     manifest: Manifest
     keys: list[str]
     columns: list[str]  # read from the input: keys + what feeds the model
+    inputs: list[str]  # the columns that feed the model
     source: FeatureSource | None
     binding: dict[str, str]
 
@@ -119,10 +120,10 @@ async def _run(
     slots: list[ShmSlot] = []
     try:
         plan = await _plan(client, url, job, settings, dataset, files, store)
-        await asyncio.to_thread(store.clean_temporary)
         records = await asyncio.to_thread(store.records)
         mine = worker_range(len(plan.manifest.shards), settings.workers, settings.worker_index)
         todo = [plan.manifest.shards[i] for i in mine if i not in records]
+        await asyncio.to_thread(store.clean_temporary, todo)
         before = sum(plan.manifest.shards[i].rows for i in mine if i in records)
         progress.start(sum(plan.manifest.shards[i].rows for i in mine), before)
         slots, shm_note = await _shared_memory(client, url, settings, plan.signature)
@@ -178,7 +179,9 @@ async def _plan(
         for s in schemas:
             binding = bind_columns(signature, s, job.columns)
         inputs = list(dict.fromkeys(binding.values()))
-    keys = list(job.keys) if job.keys is not None else [n for n in schema.names if n not in inputs]
+    # default keys: every column not fed to the model; an entity id is a key of its scores
+    fed = [] if job.features is not None else inputs
+    keys = list(job.keys) if job.keys is not None else [n for n in schema.names if n not in fed]
     for path, s in zip([f.path for f in files], schemas, strict=True):
         missing = [k for k in keys if k not in s.names]
         if missing:
@@ -200,8 +203,8 @@ async def _plan(
     }  # fmt: skip
     planned = Manifest(identity, plan_shards(files, settings.shard_rows))
     manifest = await asyncio.to_thread(store.start, planned)
-    return Plan(signature, manifest, keys, list(dict.fromkeys(keys + inputs)), job.features,
-                binding)  # fmt: skip
+    return Plan(signature, manifest, keys, list(dict.fromkeys(keys + inputs)), inputs,
+                job.features, binding)  # fmt: skip
 
 
 def _is_text(kind: pa.DataType) -> bool:
@@ -312,7 +315,7 @@ def _finish(
     shard = work.shard
     dead_name = f"{DEAD_LETTERS}/{shard.name}.jsonl"
     if rejected:
-        store.put(dead_name, dead_letter_lines(shard, work.rows, plan.keys, rejected))
+        store.put(dead_name, dead_letter_lines(shard, work.rows, plan.keys, plan.inputs, rejected))
     else:
         store.remove(dead_name)  # from an earlier, killed attempt at this shard
     keys = work.rows.select(plan.keys)

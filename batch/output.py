@@ -122,4 +122,3 @@ def dead_letter_lines(
         }
         lines.append(json.dumps(record, ensure_ascii=False))
     return ("\n".join(lines) + "\n").encode() if lines else b""
-

@@ -227,6 +227,7 @@ class Prepared:
     ragged: dict[str, list[np.ndarray | None]] = field(default_factory=dict)
     rejected: dict[int, Rejected] = field(default_factory=dict)
     extra: dict[str, pa.Array] = field(default_factory=dict)  # more output columns per row
+    lengths: np.ndarray | None = None  # text bytes per row: requests of similar lengths
 
     def reject(self, position: int, code: str, reason: str) -> None:
         self.rejected.setdefault(position, Rejected(position, code, reason))
@@ -270,6 +271,10 @@ def prepare(table: pa.Table, binding: Mapping[str, str], signature: Signature) -
 def _text(array: pa.Array, spec: TensorSpec, column: str, out: Prepared) -> None:
     values = np.empty((len(array), 1), dtype=np.object_)
     binary = pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type)
+    lengths = np.asarray(
+        pc.fill_null(pc.binary_length(array), 0).to_numpy(zero_copy_only=False), dtype=np.int64
+    )
+    out.lengths = lengths if out.lengths is None else out.lengths + lengths
     for i, value in enumerate(array.to_pylist()):
         values[i, 0] = b""
         if value is None:
@@ -372,12 +377,15 @@ def _length(row: np.ndarray | None) -> int:
     return 0 if row is None else len(row)
 
 
-def batches(prepared: Prepared, batch_size: int) -> list[Batch]:
-    """The valid rows as requests of at most ``batch_size`` rows: consecutive rows, or rows of
-    one shape each when an input is a variable list."""
+def batches(prepared: Prepared, batch_size: int, by_length: bool = True) -> list[Batch]:
+    """The valid rows as requests of at most ``batch_size`` rows: consecutive rows (by text
+    length first when ``by_length``: the model pads each request to its longest row, so
+    similar lengths waste less), or rows of one shape each when an input is a variable list."""
     valid = prepared.valid
     if not len(valid):
         return []
+    if by_length and prepared.lengths is not None:
+        valid = valid[np.argsort(prepared.lengths[valid], kind="stable")]
     groups: list[np.ndarray]
     if prepared.ragged:
         by_shape: dict[tuple[int, ...], list[int]] = {}

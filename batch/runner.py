@@ -216,7 +216,7 @@ async def _shared_memory(
     client: grpcaio.InferenceServerClient, url: str, settings: BatchSettings, signature: Signature
 ) -> tuple[list[ShmSlot], str]:
     """Slots with system shared memory when asked for (or ``auto`` and Triton on loopback)."""
-    host = url.rsplit(":", 1)[0]
+    host = url.removeprefix("dns:///").rsplit(":", 1)[0]
     if settings.shared_memory == "none" or (
         settings.shared_memory == "auto" and host not in LOOPBACK
     ):
@@ -250,7 +250,9 @@ async def _pipeline(
 
     async def produce() -> None:
         for shard in todo:
-            work, pieces = await asyncio.to_thread(_read, shard, plan, dataset, batch_size)
+            work, pieces = await asyncio.to_thread(
+                _read, shard, plan, dataset, batch_size, settings.sort_by_length
+            )
             progress.advance(len(work.prepared.rejected))
             if not pieces:
                 done(work)
@@ -285,7 +287,7 @@ async def _pipeline(
 
 
 def _read(
-    shard: Shard, plan: Plan, dataset: ParquetDataset, batch_size: int
+    shard: Shard, plan: Plan, dataset: ParquetDataset, batch_size: int, by_length: bool
 ) -> tuple[_Work, list[Batch]]:
     started = time.perf_counter()
     rows = dataset.read(shard.file, shard.row_groups, plan.columns)
@@ -293,7 +295,7 @@ def _read(
         prepared = plan.source.prepare(rows)
     else:
         prepared = prepare(rows, plan.binding, plan.signature)
-    pieces = make_batches(prepared, batch_size)
+    pieces = make_batches(prepared, batch_size, by_length)
     return _Work(shard, rows, prepared, len(pieces), started), pieces
 
 

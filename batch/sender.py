@@ -99,11 +99,14 @@ def _message(exc: InferenceServerException) -> str:
 
 
 def open_client(url: str) -> grpcaio.InferenceServerClient:
+    """A channel to ``url``: ``host:port``, or ``dns:///headless-service:port`` whose every
+    address gets calls in turn (a ClusterIP Service would balance connections, not calls)."""
     return grpcaio.InferenceServerClient(
         url,
         channel_args=[
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.lb_policy_name", "round_robin"),
         ],
     )
 

@@ -36,6 +36,11 @@ class BatchSettings(BaseSettings):
         6, ge=0, description="retries of one request on unavailable / overload / deadline"
     )
     retry_backoff_s: float = Field(0.5, gt=0, description="first backoff, doubled up to 10 s")
+    sort_by_length: bool = Field(
+        True,
+        description="text rows go to requests by length within a shard (less padding in the "
+        "model; outputs are written in row order all the same)",
+    )
     shared_memory: SharedMemory = Field(
         "auto", description="system: POSIX shm for tensors; auto: when Triton is on loopback"
     )

@@ -272,7 +272,7 @@ def job_problems(objects: list[Manifest], context: list[Manifest]) -> list[str]:
             url = env.get("BATCH_TRITON_URL")
             if url is None:
                 continue
-            host, _, port = url.rpartition(":")
+            host, _, port = url.removeprefix("dns:///").rpartition(":")
             parts = host.split(".")
             target_ns = parts[1] if len(parts) > 1 and parts[1] != "svc" else namespace
             service = services.get((target_ns, parts[0]))

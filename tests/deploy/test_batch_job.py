@@ -60,7 +60,8 @@ def test_the_job_is_one_shard_range_per_completion_index(
         monkeypatch.setenv("JOB_COMPLETION_INDEX", str(index))
         settings = BatchSettings()
         assert (settings.worker_index, settings.workers) == (index, spec["completions"])
-    assert settings.triton_url == "triton:8001" and settings.shared_memory == "none"
+    assert settings.triton_url == "dns:///triton-headless:8001"
+    assert settings.shared_memory == "none"
 
 
 @pytest.mark.parametrize(
@@ -68,10 +69,10 @@ def test_the_job_is_one_shard_range_per_completion_index(
     [
         pytest.param("k8s/jobs/batch/batch-job.yaml", '      value: "4"', '      value: "3"',
                      "BATCH_WORKERS=3 but completions=4", id="workers"),
-        pytest.param("k8s/jobs/batch/batch.env", "triton:8001", "trition:8001",
+        pytest.param("k8s/jobs/batch/batch.env", "triton-headless:8001", "trition:8001",
                      "names no Service 'trition'", id="service"),
-        pytest.param("k8s/jobs/batch/batch.env", "triton:8001", "triton:9001",
-                     "has no port 9001", id="port"),
+        pytest.param("k8s/jobs/batch/batch.env", "triton-headless:8001",
+                     "triton-headless:8000", "has no port 8000", id="port"),
         pytest.param("k8s/jobs/batch/batch-job.yaml", "restartPolicy: Never",
                      "restartPolicy: OnFailure", "needs restartPolicy Never", id="restart"),
         pytest.param("k8s/jobs/batch/batch-job.yaml", "  backoffLimitPerIndex: 3",

@@ -110,6 +110,15 @@ def test_integer_ranges_and_variable_lists_group_by_shape() -> None:
     assert found[0].tensors["flag"].tolist() == [[True], [True]]
 
 
+def test_text_rows_go_to_requests_by_length() -> None:
+    table = pa.table({"t": ["a" * 5, "a", None, "a" * 3, "a" * 2]})
+    prepared = prepare(table, {"text": "t"}, TEXT)
+    by_length = [b.positions.tolist() for b in batches(prepared, 2)]
+    in_order = [b.positions.tolist() for b in batches(prepared, 2, by_length=False)]
+    assert by_length == [[1, 4], [3, 0]] and in_order == [[0, 1], [3, 4]]
+    assert batches(prepared, 2)[0].tensors["text"].tolist() == [[b"a"], [b"aa"]]
+
+
 def test_fixed_shapes_batch_consecutive_rows() -> None:
     column = pa.array([[i, i, i] for i in range(10)], pa.list_(pa.float32(), 3))
     prepared = prepare(pa.table({"features": column}), {"features": "features"}, FEATURES)

@@ -245,8 +245,7 @@ async def _pipeline(
     writing: list[asyncio.Task[None]] = []
 
     def done(work: _Work) -> None:
-        writing.append(asyncio.create_task(asyncio.to_thread(_finish, work, plan, store, settings,
-                                                             batch_size)))  # fmt: skip
+        writing.append(asyncio.create_task(asyncio.to_thread(_finish, work, plan, store)))
 
     async def produce() -> None:
         for shard in todo:
@@ -269,6 +268,7 @@ async def _pipeline(
             progress.advance(len(piece.positions))
             work.pending -= 1
             if work.pending == 0:
+                _check_refusals(work, plan, settings, batch_size)  # a broken model stops it now
                 done(work)
 
     tasks = [asyncio.create_task(produce())]
@@ -299,20 +299,22 @@ def _read(
     return _Work(shard, rows, prepared, len(pieces), started), pieces
 
 
-def _finish(
-    work: _Work, plan: Plan, store: RunStore, settings: BatchSettings, batch_size: int
-) -> None:
+def _check_refusals(work: _Work, plan: Plan, settings: BatchSettings, batch_size: int) -> None:
+    """Stop the run when Triton refused more of a shard's rows than it may (at least a
+    request's worth): a model that refuses most rows is broken, not the data."""
+    refusals = [r for o in work.outcomes for r in o.rejected]
+    sent = len(work.prepared.valid)
+    if len(refusals) >= batch_size and len(refusals) > settings.max_rejected_fraction * sent:
+        raise TooManyRejected(
+            f"Triton refused {len(refusals)} of the {sent} rows of shard {work.shard.index} sent "
+            f"to {plan.signature.model!r} (first: {refusals[0].reason}); the shard is not "
+            "recorded (BATCH_MAX_REJECTED_FRACTION sets the share)"
+        )
+
+
+def _finish(work: _Work, plan: Plan, store: RunStore) -> None:
     """Write the shard's dead letters, then its part, then its record (the commit)."""
     outcome = Outcome.merge(work.outcomes)
-    refused = len(outcome.rejected)
-    sent = len(work.prepared.valid)
-    if refused >= batch_size and refused > settings.max_rejected_fraction * sent:
-        raise TooManyRejected(
-            f"Triton refused {refused} of the {sent} rows of shard {work.shard.index} sent to "
-            f"{plan.signature.model!r} (first: {outcome.rejected[0].reason}); a model that "
-            "refuses most rows is broken, not the data: the shard is not recorded "
-            "(BATCH_MAX_REJECTED_FRACTION sets the share)"
-        )
     rejected = list(work.prepared.rejected.values()) + outcome.rejected
     shard = work.shard
     dead_name = f"{DEAD_LETTERS}/{shard.name}.jsonl"

@@ -131,23 +131,30 @@ def run_all(
         for repeat in range(repeats):
             for c in concurrency:
                 for shm in shared_memory:
-                    sweep = run_sweep(
-                        runtime, PIPELINE, server.grpc_url, protocol="grpc", input_data=perf_input,
-                        concurrency=[c], out_dir=work / "perf", batch_size=batch_size,
-                        measurement_interval_ms=interval_ms, max_trials=3, shared_memory=shm,
-                    )  # fmt: skip
-                    commands.add(sweep.command_line)
-                    (point,) = sweep.points
-                    points.append({"system": "perf_analyzer", "repeat": repeat, "concurrency": c,
-                                   "shared_memory": shm,
-                                   "rows_per_s": round(point.throughput_infer_per_s, 1),
-                                   "p50_ms": point.p50_ms})  # fmt: skip
-                    for system, by_length in (("batch", False), ("batch-by-length", True)):
-                        out = work / f"out-{repeat}-{c}-{shm}-{system}"
-                        result = measure_batch(server.grpc_url, dataset, out, batch_size, c, shm,
-                                               by_length)  # fmt: skip
-                        points.append({"system": system, "repeat": repeat, "concurrency": c,
-                                       **result, "shared_memory": shm})  # fmt: skip
+                    # perf_analyzer before and after the batch runs: their mean is what the
+                    # batch runs are compared with (a load that drifts linearly cancels out)
+                    for position in ("before", "batch", "after"):
+                        if position != "batch":
+                            sweep = run_sweep(
+                                runtime, PIPELINE, server.grpc_url, protocol="grpc",
+                                input_data=perf_input, concurrency=[c], out_dir=work / "perf",
+                                batch_size=batch_size, measurement_interval_ms=interval_ms,
+                                max_trials=3, shared_memory=shm,
+                            )  # fmt: skip
+                            commands.add(sweep.command_line)
+                            (point,) = sweep.points
+                            points.append({"system": "perf_analyzer", "repeat": repeat,
+                                           "concurrency": c, "shared_memory": shm,
+                                           "position": position,
+                                           "rows_per_s": round(point.throughput_infer_per_s, 1),
+                                           "p50_ms": point.p50_ms})  # fmt: skip
+                            continue
+                        for system, by_length in (("batch", False), ("batch-by-length", True)):
+                            out = work / f"out-{repeat}-{c}-{shm}-{system}"
+                            result = measure_batch(server.grpc_url, dataset, out, batch_size, c,
+                                                   shm, by_length)  # fmt: skip
+                            points.append({"system": system, "repeat": repeat, "concurrency": c,
+                                           **result, "shared_memory": shm})  # fmt: skip
             # in the same round, with Triton idle (its stubs do not spin)
             ceilings.append(ceiling(version_dir, texts, batch_size, ceiling_s))
     ceiling_rows = statistics.median(ceilings)
@@ -158,14 +165,18 @@ def run_all(
 
 
 def _values(result: dict[str, Any], system: str, c: int, shm: str) -> dict[int, float]:
-    return {p["repeat"]: p["rows_per_s"] for p in result["points"]
-            if (p["system"], p["concurrency"], p["shared_memory"]) == (system, c, shm)}  # fmt: skip
+    """Rows/s per round (perf_analyzer: the mean of its runs before and after the batch runs)."""
+    found: dict[int, list[float]] = {}
+    for p in result["points"]:
+        if (p["system"], p["concurrency"], p["shared_memory"]) == (system, c, shm):
+            found.setdefault(p["repeat"], []).append(p["rows_per_s"])
+    return {r: round(statistics.mean(v), 1) for r, v in found.items()}
 
 
 def table(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Per (concurrency, shared memory): perf_analyzer's best and median; each batch mode's
-    median and its ratio to perf_analyzer measured in the same round (paired: the load of a
-    shared machine drifts between rounds, not within one), median over rounds."""
+    median and its ratio to perf_analyzer around it in the same round (paired: the load of a
+    shared machine drifts between rounds), median over rounds."""
     rows = []
     ceiling_rows = result["ceiling_rows_per_s"]
     for c, shm in sorted({(p["concurrency"], p["shared_memory"]) for p in result["points"]}):
@@ -173,7 +184,11 @@ def table(result: dict[str, Any]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "concurrency": c,
             "shared_memory": shm,
-            "perf_analyzer_best": max(perf.values()),
+            "perf_analyzer_best": max(
+                p["rows_per_s"]
+                for p in result["points"]
+                if (p["system"], p["concurrency"], p["shared_memory"]) == ("perf_analyzer", c, shm)
+            ),
             "perf_analyzer_median": statistics.median(perf.values()),
         }
         for system in ("batch", "batch-by-length"):
@@ -200,8 +215,9 @@ def to_markdown(result: dict[str, Any], rows: list[dict[str, Any]], note: str) -
         "256 sentences), `batch-by-length` as `tritonstack batch` does by default (requests of "
         "similar text lengths, less padding). Ceiling: tokenizer + ONNX Runtime in one "
         f"process at batch {result['batch_size']}, median "
-        f"**{result['ceiling_rows_per_s']} rows/s**. Ratios to perf_analyzer are paired (same "
-        "round), median over rounds.",
+        f"**{result['ceiling_rows_per_s']} rows/s**. Each round runs perf_analyzer, both batch "
+        "modes, perf_analyzer again; a batch run's ratio is to the mean of the two "
+        "perf_analyzer runs around it, median over rounds.",
         "",
         "| concurrency | shared memory | perf_analyzer median / best rows/s | batch median | "
         "batch / perf_analyzer | batch-by-length median | batch-by-length / perf_analyzer | "
@@ -223,7 +239,8 @@ def to_markdown(result: dict[str, Any], rows: list[dict[str, Any]], note: str) -
         "|---|---|---|---|---|",
     ]
     for p in result["points"]:
-        lines.append(f"| {p['system']} | {p['repeat']} | {p['concurrency']} | "
+        name = p["system"] + (f" ({p['position']})" if "position" in p else "")
+        lines.append(f"| {name} | {p['repeat']} | {p['concurrency']} | "
                      f"{p['shared_memory']} | {p['rows_per_s']} |")  # fmt: skip
     lines += ["", "Commands:", "", f"    {result['command']}",
               *(f"    {c}" for c in result["commands"]), ""]  # fmt: skip

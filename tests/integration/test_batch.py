@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch import BatchJob, BatchSettings, FeatureSource, ResumeMismatchError, run
-from batch.errors import TritonUnavailable
+from batch.errors import TooManyRejected, TritonUnavailable
 from deploy.local.gateway import GatewayProcess
 from deploy.local.process import free_port
 from deploy.local.redis import RedisServer
@@ -212,6 +212,18 @@ def test_tensor_columns_by_name_and_dtype_and_a_resume_of_other_options_is_refus
     with pytest.raises(ResumeMismatchError, match="keys"):
         run(BatchJob("driver_ranker", str(source), str(out), keys=["extra"]), settings,
             ranker_triton.grpc_url)  # fmt: skip
+
+
+def test_a_model_refusing_most_rows_stops_the_run_and_records_nothing(
+    triton: TritonServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "long.parquet"
+    pq.write_table(pa.table({"text": [TOO_LONG + str(i) for i in range(10)]}), source)
+    settings = BatchSettings(batch_size=4, concurrency=2, max_rejected_fraction=0.5)
+    with pytest.raises(TooManyRejected, match="refused 10 of the 10 rows of shard 0"):
+        run(BatchJob("minilm", str(source), str(tmp_path / "out"), columns=["text"]), settings,
+            triton.grpc_url)  # fmt: skip
+    assert not (tmp_path / "out" / "done").exists() and not (tmp_path / "out" / "parts").exists()
 
 
 def test_an_unreachable_triton_stops_the_run_before_any_shard(tmp_path: Path) -> None:

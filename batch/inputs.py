@@ -116,7 +116,8 @@ def ensemble_steps(config: Mapping[str, Any]) -> list[str]:
 
 
 # -- binding columns to inputs -----------------------------------------------------------------
-def _is_text(kind: pa.DataType) -> bool:
+def is_text(kind: pa.DataType) -> bool:
+    """A string or binary column (one text per row)."""
     return bool(
         pa.types.is_string(kind)
         or pa.types.is_large_string(kind)
@@ -185,7 +186,7 @@ def bind_columns(
 
 def _check_type(spec: TensorSpec, column: str, kind: pa.DataType) -> None:
     if spec.datatype == "BYTES":
-        if spec.dims not in ((1,), (-1,)) or not _is_text(kind):
+        if spec.dims not in ((1,), (-1,)) or not is_text(kind):
             raise InputError(
                 f"input {spec.name!r} (BYTES {list(spec.dims)}) takes a string column with one "
                 f"string per row; column {column!r} is {kind}"

@@ -29,6 +29,7 @@ from batch.inputs import (
     Prepared,
     Signature,
     bind_columns,
+    is_text,
     parse_columns,
     prepare,
 )
@@ -166,7 +167,7 @@ async def _plan(
         inputs = [job.features.entity_column]
     else:
         wanted = [c for c, _ in parse_columns(job.columns) if c in schema.names]
-        text = [c for c in wanted if _is_text(schema.field(c).type)]
+        text = [c for c in wanted if is_text(schema.field(c).type)]
         if text and not any(t.datatype == "BYTES" for t in signature.inputs):
             pipeline = job.model + TEXT_SUFFIX
             if not await model_exists(client, pipeline):
@@ -207,11 +208,6 @@ async def _plan(
                 job.features, binding)  # fmt: skip
 
 
-def _is_text(kind: pa.DataType) -> bool:
-    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind)
-                or pa.types.is_binary(kind) or pa.types.is_large_binary(kind))  # fmt: skip
-
-
 async def _shared_memory(
     client: grpcaio.InferenceServerClient, url: str, settings: BatchSettings, signature: Signature
 ) -> tuple[list[ShmSlot], str]:
@@ -221,10 +217,13 @@ async def _shared_memory(
         settings.shared_memory == "auto" and host not in LOOPBACK
     ):
         return [], "none"
+    slots: list[ShmSlot] = []
     try:
         slots = await open_slots(client, settings.concurrency, signature.outputs)
         await slots[0].prepare(client, {"probe": np.zeros((1, 1), np.uint8)}, {"probe": "UINT8"})
     except Exception as exc:  # registration refused (another host, no /dev/shm): fall back
+        for slot in slots:
+            await slot.close(client)
         if settings.shared_memory == "system":
             raise ModelError(f"system shared memory with Triton at {url} failed: {exc}") from exc
         return [], f"none (system shared memory refused: {exc})"

@@ -62,6 +62,28 @@ def write_dataset(texts: list[str], rows: int, path: Path) -> Path:
     return path
 
 
+class Timeline:
+    """A ``batch.Progress`` that notes when rows are answered: the steady-state rate (middle
+    80 % of the answering time, as perf_analyzer measures windows) beside the whole run's."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[float, int]] = []
+
+    def start(self, total: int, done: int) -> None:
+        self.marks = []
+
+    def advance(self, rows: int) -> None:
+        self.marks.append((time.perf_counter(), rows))
+
+    def steady_rows_per_s(self) -> float:
+        if len(self.marks) < 3:
+            return 0.0
+        first, last = self.marks[0][0], self.marks[-1][0]
+        low, high = first + 0.1 * (last - first), last - 0.1 * (last - first)
+        rows = sum(n for t, n in self.marks if low < t <= high)
+        return rows / (high - low) if high > low else 0.0
+
+
 def measure_batch(
     url: str,
     dataset: Path,
@@ -73,11 +95,14 @@ def measure_batch(
 ) -> dict[str, Any]:
     settings = BatchSettings(batch_size=batch_size, concurrency=concurrency, shared_memory=shm,
                              shard_rows=1024, sort_by_length=by_length)  # fmt: skip
-    summary = run(BatchJob(MODEL, str(dataset), str(out), columns=["text"]), settings, url)
+    timeline = Timeline()
+    job = BatchJob(MODEL, str(dataset), str(out), columns=["text"])
+    summary = run(job, settings, url, timeline)
     if not summary.complete or summary.dead_letters:
         raise RuntimeError(f"the batch run did not score every row: {summary.as_dict()}")
     return {"rows": summary.facts.rows_run, "seconds": round(summary.facts.seconds, 2),
             "rows_per_s": round(summary.rows_per_s, 1),
+            "steady_rows_per_s": round(timeline.steady_rows_per_s(), 1),
             "shared_memory": summary.facts.shared_memory}  # fmt: skip
 
 
@@ -164,12 +189,14 @@ def run_all(
             "variant": served, "batch_size": batch_size, "rows": rows}  # fmt: skip
 
 
-def _values(result: dict[str, Any], system: str, c: int, shm: str) -> dict[int, float]:
+def _values(
+    result: dict[str, Any], system: str, c: int, shm: str, key: str = "rows_per_s"
+) -> dict[int, float]:
     """Rows/s per round (perf_analyzer: the mean of its runs before and after the batch runs)."""
     found: dict[int, list[float]] = {}
     for p in result["points"]:
         if (p["system"], p["concurrency"], p["shared_memory"]) == (system, c, shm):
-            found.setdefault(p["repeat"], []).append(p["rows_per_s"])
+            found.setdefault(p["repeat"], []).append(p[key])
     return {r: round(statistics.mean(v), 1) for r, v in found.items()}
 
 
@@ -197,6 +224,10 @@ def table(result: dict[str, Any]) -> list[dict[str, Any]]:
             row[f"{system}_median"] = round(statistics.median(mine.values()), 1)
             row[f"{system}_vs_perf"] = round(statistics.median(paired), 3)
             row[f"{system}_vs_ceiling"] = round(statistics.median(mine.values()) / ceiling_rows, 3)
+            steady = _values(result, system, c, shm, "steady_rows_per_s")
+            row[f"{system}_steady_vs_perf"] = round(
+                statistics.median(steady[r] / perf[r] for r in steady if r in perf), 3
+            )
         row["meets_target"] = row["batch_vs_perf"] >= TARGET  # file order: like for like
         rows.append(row)
     return rows
@@ -217,31 +248,35 @@ def to_markdown(result: dict[str, Any], rows: list[dict[str, Any]], note: str) -
         f"process at batch {result['batch_size']}, median "
         f"**{result['ceiling_rows_per_s']} rows/s**. Each round runs perf_analyzer, both batch "
         "modes, perf_analyzer again; a batch run's ratio is to the mean of the two "
-        "perf_analyzer runs around it, median over rounds.",
+        "perf_analyzer runs around it, median over rounds; in brackets the same for the batch "
+        "run's steady state (rows answered in the middle 80 % of its answering time, as "
+        "perf_analyzer measures windows), beside the whole run (start-up and tail included).",
         "",
         "| concurrency | shared memory | perf_analyzer median / best rows/s | batch median | "
-        "batch / perf_analyzer | batch-by-length median | batch-by-length / perf_analyzer | "
-        "batch / ceiling | >= 0.9x |",
+        "batch / perf_analyzer (steady) | batch-by-length median | batch-by-length / "
+        "perf_analyzer (steady) | batch / ceiling | >= 0.9x |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['concurrency']} | {r['shared_memory']} | {r['perf_analyzer_median']} / "
-            f"{r['perf_analyzer_best']} | {r['batch_median']} | {r['batch_vs_perf']} | "
-            f"{r['batch-by-length_median']} | {r['batch-by-length_vs_perf']} | "
+            f"{r['perf_analyzer_best']} | {r['batch_median']} | {r['batch_vs_perf']} "
+            f"({r['batch_steady_vs_perf']}) | {r['batch-by-length_median']} | "
+            f"{r['batch-by-length_vs_perf']} ({r['batch-by-length_steady_vs_perf']}) | "
             f"{r['batch_vs_ceiling']} | {'yes' if r['meets_target'] else 'no'} |"
         )
     lines += [
         "",
         f"Every measurement (rounds interleaved; ceilings per round: {result['ceilings']}):",
         "",
-        "| system | repeat | concurrency | shared memory | rows/s |",
-        "|---|---|---|---|---|",
+        "| system | repeat | concurrency | shared memory | rows/s | steady rows/s |",
+        "|---|---|---|---|---|---|",
     ]
     for p in result["points"]:
         name = p["system"] + (f" ({p['position']})" if "position" in p else "")
         lines.append(f"| {name} | {p['repeat']} | {p['concurrency']} | "
-                     f"{p['shared_memory']} | {p['rows_per_s']} |")  # fmt: skip
+                     f"{p['shared_memory']} | {p['rows_per_s']} | "
+                     f"{p.get('steady_rows_per_s', '')} |")  # fmt: skip
     lines += ["", "Commands:", "", f"    {result['command']}",
               *(f"    {c}" for c in result["commands"]), ""]  # fmt: skip
     return "\n".join(lines)

@@ -6,9 +6,10 @@ region and Triton writes the outputs into the output region, so no tensor bytes 
 through gRPC. Outputs are copied out before the slot takes its next request. A region grows
 (re-created and re-registered) when a request needs more room (BYTES inputs vary in size).
 
-Region names carry the process id (``tsbatch-<pid>-<token>-<slot>-in``): a later run
-unregisters the ones Triton still holds for a process that is gone (a killed run cannot
-unregister its own), so killed runs leak nothing inside Triton.
+Region names carry the process id (``tsbatch-<pid>-<token>-<slot>-in-<n>``): a later run
+unregisters the ones Triton still holds for a process that is gone and unlinks their
+``/dev/shm`` files (a SIGKILLed run can do neither, nor can Python's resource tracker when it
+is killed with the run's process group), so killed runs leak nothing for long.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 from batch.inputs import NUMPY_TYPES, TensorSpec
 
 PREFIX = "tsbatch"
+SHM_DIR = "/dev/shm"  # where Linux keeps POSIX shared memory objects
 _NAME = re.compile(rf"^{PREFIX}-(\d+)-")
 _ALIGN = 64
 
@@ -182,15 +184,40 @@ async def open_slots(
     return [ShmSlot(token, i, outputs) for i in range(count)]
 
 
+def _stale(name: str) -> bool:
+    """A region name of another batch process that no longer runs here."""
+    match = _NAME.match(name)
+    if match is None:
+        return False
+    pid = int(match.group(1))
+    return pid != os.getpid() and not _pid_alive(pid)
+
+
+def unlink_stale(directory: str = SHM_DIR) -> list[str]:
+    """Remove the POSIX shared memory files of batch processes that no longer run here."""
+    if not os.path.isdir(directory):
+        return []
+    removed = []
+    for name in os.listdir(directory):
+        if _stale(name):
+            try:
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+            except FileNotFoundError:
+                pass  # another run cleaned it first
+    return removed
+
+
 async def unregister_stale(client: grpcaio.InferenceServerClient) -> list[str]:
-    """Unregister the regions Triton holds for batch processes that no longer run here."""
+    """Unregister the regions Triton holds for batch processes that no longer run here, and
+    unlink their files."""
     status = await client.get_system_shared_memory_status(as_json=True)
     regions = status.get("regions", {}) if isinstance(status, dict) else {}
     names = regions.keys() if isinstance(regions, dict) else [r.get("name") for r in regions]
     stale = []
     for name in names:
-        match = _NAME.match(str(name or ""))
-        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+        if _stale(str(name or "")):
             await client.unregister_system_shared_memory(str(name))
             stale.append(str(name))
+    unlink_stale()
     return stale

@@ -304,3 +304,5 @@ def test_a_killed_run_resumes_to_exactly_the_rows_of_an_uninterrupted_run(
     np.testing.assert_allclose(vectors(a, "sentence_embedding"), vectors(b, "sentence_embedding"),
                                atol=1e-5)  # fmt: skip
     assert not list(killed.rglob(".tmp-*"))
+    # the resumed run removed the shared memory the killed one could not (nor its tracker)
+    assert not list(Path("/dev/shm").glob(f"tsbatch-{process.pid}-*"))

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +31,7 @@ from batch.manifest import Shard
 from batch.output import dead_letter_lines, part_table
 from batch.sender import Sender, classify, refused_row
 from batch.settings import BatchSettings
+from batch.shm import unlink_stale
 
 TEXT = Signature("m_text", 32, (TensorSpec("text", "BYTES", (1,)),), ())
 FEATURES = Signature("ranker", 32, (TensorSpec("features", "FP32", (3,)),),
@@ -212,6 +217,17 @@ def test_parts_are_sorted_by_row_and_dead_letters_keep_the_input() -> None:
         "row_index": 101, "file": "in.parquet", "code": "not_utf8", "reason": "not UTF-8",
         "keys": {"id": "b"}, "input": {"t": {"base64": "/w=="}},
     }  # fmt: skip
+
+
+def test_shared_memory_files_of_dead_batch_processes_are_removed(tmp_path: Path) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead, alive = int(gone.stdout), os.getpid()
+    names = [f"tsbatch-{dead}-abc123-0-in-1", f"tsbatch-{alive}-def456-0-in-1", "other-region"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    assert unlink_stale(str(tmp_path)) == [names[0]]
+    assert sorted(os.listdir(tmp_path)) == sorted(names[1:])
 
 
 def test_settings_bound_the_worker_index(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,7 +30,7 @@ from benchmarks.perf_analyzer import (
 )
 from deploy.local.runtime import TritonRuntime
 from deploy.local.settings import StackSettings
-from export.ensemble import text_model_name
+from export.naming import text_model_name
 from export.reader import served_dir
 
 SENTENCES = [

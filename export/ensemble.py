@@ -26,6 +26,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from export.errors import ExportError, ModelConfigError
 from export.model_config import ENSEMBLE, validate_config, write_config
+from export.naming import text_model_name, tokenizer_name
 from export.repository import install_version
 from export.status import Status, StepResult
 
@@ -34,15 +35,6 @@ TEXT_INPUT = "text"
 TOKEN_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
 TOKEN_COUNT = "token_count"
 EMBEDDING_OUTPUT = "sentence_embedding"
-
-
-def tokenizer_name(encoder: str) -> str:
-    return f"{encoder}_tokenizer"
-
-
-def text_model_name(encoder: str) -> str:
-    """The ensemble clients send strings to (the gateway uses the same ``_text`` suffix)."""
-    return f"{encoder}_text"
 
 
 def embedding_output(encoder: mc.ModelConfig) -> mc.ModelOutput:

@@ -16,6 +16,7 @@ from deploy.local import stack
 from deploy.local.settings import StackSettings
 from export.reader import served_file
 from tritonstack import export_cli
+from tritonstack.batch_cli import batch
 from tritonstack.bench_cli import bench_app
 from tritonstack.console import console
 from tritonstack.console import fail as _fail
@@ -34,6 +35,7 @@ app.command()(export_cli.variants)
 app.add_typer(features_app, name="features")
 app.add_typer(bench_app, name="bench")
 register_stack_commands(app)  # up, down, status, logs
+app.command()(batch)  # batch scoring of a dataset through Triton
 
 
 @app.command()

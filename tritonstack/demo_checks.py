@@ -15,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from benchmarks.loadgen import grpc_string_input
 from benchmarks.sweep import SENTENCES
-from export.ensemble import text_model_name
+from export.naming import text_model_name
 from export.reader import served
 from tritonstack.infer import Endpoint, Protocol, TextEmbedder
 

@@ -13,6 +13,7 @@ from gateway.metrics import Metrics
 
 DEPLOY = Path(__file__).resolve().parents[1]
 OVERLAYS = sorted(p.parent for p in (DEPLOY / "k8s" / "overlays").glob("*/kustomization.yaml"))
+JOBS = sorted(p.parent for p in (DEPLOY / "k8s" / "jobs").glob("*/kustomization.yaml"))
 PROMETHEUS = DEPLOY / "monitoring" / "prometheus"
 DASHBOARDS = sorted((DEPLOY / "monitoring" / "grafana" / "dashboards").glob("*.json"))
 
@@ -38,10 +39,27 @@ def prometheus_rule_problems() -> list[str]:
     return []
 
 
+def job_problems(job: Path) -> list[str]:
+    """A Job kustomization, checked beside the overlay that deploys into its namespace."""
+    namespace = yaml.safe_load((job / "kustomization.yaml").read_text()).get("namespace")
+    for overlay in OVERLAYS:
+        if yaml.safe_load((overlay / "kustomization.yaml").read_text()).get("namespace") == (
+            namespace
+        ):
+            try:
+                context = manifests.render(overlay)
+            except manifests.RenderError as exc:
+                return [str(exc)]
+            return manifests.check_kustomization(job, context=context)
+    return [f"{job.name}: no overlay deploys namespace {namespace!r} (where would Triton be?)"]
+
+
 def all_problems() -> dict[str, list[str]]:
     checks: dict[str, list[str]] = {}
     for overlay in OVERLAYS:
         checks[f"k8s overlay {overlay.name}"] = manifests.check_kustomization(overlay)
+    for job in JOBS:
+        checks[f"k8s job {job.name}"] = job_problems(job)
     checks["prometheus config + rules"] = monitoring.check_config(PROMETHEUS / "prometheus.yml")
     for test_file in sorted((PROMETHEUS / "tests").glob("*.yml")):
         checks[f"promtool test rules {test_file.name}"] = monitoring.run_rule_tests(test_file)

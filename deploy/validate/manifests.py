@@ -8,7 +8,9 @@
   known to the schemas nor listed here is a problem, so nothing passes unchecked.
 * ``reference_problems`` checks what the API server would accept but the cluster would not run:
   selectors that match no pod, named ports that do not exist, ConfigMaps that are not rendered,
-  images without a pinned tag.
+  images without a pinned tag; for an Indexed Job (batch scoring), that its workers setting
+  equals its completions and that the Triton address it scores against is a Service port,
+  found among the objects or in ``context`` (the overlay it runs beside).
 
 Each check returns a list of problems (empty: fine) of the form ``Kind/name: what is wrong``.
 """
@@ -141,7 +143,7 @@ def _pod_specs(objects: Iterable[Manifest]) -> list[tuple[Manifest, Manifest]]:
     return [
         (obj, obj["spec"]["template"])
         for obj in objects
-        if obj.get("kind") in ("Deployment", "StatefulSet", "DaemonSet")
+        if obj.get("kind") in ("Deployment", "StatefulSet", "DaemonSet", "Job")
     ]
 
 
@@ -149,9 +151,9 @@ def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-def reference_problems(objects: list[Manifest]) -> list[str]:
+def reference_problems(objects: list[Manifest], context: list[Manifest] | None = None) -> list[str]:
     """Cross-object references a cluster would need to work (see the module docstring)."""
-    problems: list[str] = []
+    problems: list[str] = job_problems(objects, context or [])
     by_kind: dict[str, dict[str, Manifest]] = {}
     for obj in objects:
         by_kind.setdefault(obj["kind"], {})[obj["metadata"]["name"]] = obj
@@ -159,7 +161,7 @@ def reference_problems(objects: list[Manifest]) -> list[str]:
     pods = [(template.get("metadata", {}).get("labels", {}), template) for _, template in workloads]
 
     for owner, template in workloads:
-        selector = owner["spec"]["selector"].get("matchLabels", {})
+        selector = owner["spec"].get("selector", {}).get("matchLabels", {})  # Jobs: generated
         if not _matches(selector, template["metadata"].get("labels", {})):
             problems.append(f"{name_of(owner)}: selector {selector} misses its own pod labels")
         spec = template["spec"]
@@ -228,10 +230,71 @@ def reference_problems(objects: list[Manifest]) -> list[str]:
     return problems
 
 
-def check_kustomization(kustomization: Path, version: str = KUBERNETES_VERSION) -> list[str]:
-    """Render one kustomization and run every check on its objects."""
+def _environment(container: Manifest, objects: list[Manifest]) -> dict[str, str]:
+    """A container's environment: its ConfigMaps' data, then its own ``env`` values."""
+    maps = {o["metadata"]["name"]: o for o in objects if o.get("kind") == "ConfigMap"}
+    found: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        ref = source.get("configMapRef", {}).get("name")
+        found.update(maps.get(ref, {}).get("data", {}))
+    found.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    return found
+
+
+def job_problems(objects: list[Manifest], context: list[Manifest]) -> list[str]:
+    """Indexed batch Jobs: completions, workers and the Triton Service they call."""
+    problems = []
+    services = {
+        (s["metadata"].get("namespace"), s["metadata"]["name"]): s
+        for s in [*objects, *context]
+        if s.get("kind") == "Service"
+    }
+    for job in (o for o in objects if o.get("kind") == "Job"):
+        spec, where = job["spec"], name_of(job)
+        namespace = job["metadata"].get("namespace")
+        if spec.get("completionMode") != "Indexed":
+            continue
+        completions = spec.get("completions")
+        if not completions:
+            problems.append(f"{where}: an Indexed Job needs completions (one per shard range)")
+        if spec.get("backoffLimitPerIndex") is not None and (
+            spec["template"]["spec"].get("restartPolicy") != "Never"
+        ):
+            problems.append(f"{where}: backoffLimitPerIndex needs restartPolicy Never")
+        for container in spec["template"]["spec"]["containers"]:
+            env = _environment(container, objects)
+            workers = env.get("BATCH_WORKERS")
+            if workers is not None and str(workers) != str(completions):
+                problems.append(
+                    f"{where}: BATCH_WORKERS={workers} but completions={completions}: some shard "
+                    "ranges would never be scored (or scored twice)"
+                )
+            url = env.get("BATCH_TRITON_URL")
+            if url is None:
+                continue
+            host, _, port = url.removeprefix("dns:///").rpartition(":")
+            parts = host.split(".")
+            target_ns = parts[1] if len(parts) > 1 and parts[1] != "svc" else namespace
+            service = services.get((target_ns, parts[0]))
+            if service is None:
+                problems.append(
+                    f"{where}: BATCH_TRITON_URL {url!r} names no Service {parts[0]!r} in "
+                    f"namespace {target_ns!r}"
+                )
+            elif not any(str(p.get("port")) == port for p in service["spec"].get("ports", [])):
+                problems.append(f"{where}: Service {parts[0]!r} has no port {port} ({url!r})")
+    return problems
+
+
+def check_kustomization(
+    kustomization: Path,
+    version: str = KUBERNETES_VERSION,
+    context: list[Manifest] | None = None,
+) -> list[str]:
+    """Render one kustomization and run every check on its objects; ``context``: objects of
+    another kustomization they refer to (the overlay a batch Job runs beside)."""
     try:
         objects = render(kustomization)
     except RenderError as exc:
         return [str(exc)]
-    return schema_problems(objects, version) + reference_problems(objects)
+    return schema_problems(objects, version) + reference_problems(objects, context)

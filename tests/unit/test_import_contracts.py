@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("export", "features", "gateway", "deploy", "benchmarks", "tritonstack")
+PACKAGES = ("export", "features", "gateway", "batch", "deploy", "benchmarks", "tritonstack")
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 # export's functions that write into a model repository (or build and install a model)
 WRITERS = {"export_model", "export_pytorch", "write_entry", "install_version"} | {
@@ -53,8 +53,13 @@ def test_the_tree_keeps_every_contract() -> None:
         # the loop the layering once had: features -> deploy (-> gateway -> features)
         ("features/_broken.py", "from deploy.local.settings import StackSettings", "layers:"),
         ("export/_broken.py", "import gateway.tenants", "layers:"),
+        ("batch/_broken.py", "import gateway.tenants", "layers:"),  # siblings, not layers
         ("gateway/_broken.py", "from export.reader import served_dir", "gateway: features only"),
-        ("benchmarks/_broken.py", "from export.tuning import apply_tuned", "benchmarks read"),
+        (
+            "benchmarks/_broken.py",
+            "from export.tuning import apply_tuned",
+            "benchmarks and batch read",
+        ),
     ],
 )
 def test_a_breaking_import_fails_the_contract(

@@ -279,8 +279,10 @@ def our_stack(work: Path) -> Iterator[tuple[str, str, str]]:
     key = "ts_" + secrets.token_urlsafe(32)
     tenant = {
         "key_sha256": [hashlib.sha256(key.encode()).hexdigest()],
+        "models": ["*"],
         "rate_per_s": 1e6,
         "burst": 10**6,
+        "max_inflight": 10**6,
     }
     with ExitStack() as stack:
         stack.enter_context(triton)

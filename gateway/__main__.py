@@ -13,6 +13,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from gateway.app import create_app
+from gateway.protocol import deadline_protocol
 from gateway.settings import GatewaySettings
 
 
@@ -31,6 +32,11 @@ def main() -> int:
         host=settings.host,
         port=settings.port,
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
+        # uvicorn's own limits: connections + requests (503 past it), idle keep-alive; the
+        # deadlines to receive headers and body are ours (gateway/protocol.py)
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        http=deadline_protocol(settings.header_timeout_s, settings.body_timeout_s),
         access_log=False,
         # the standard asyncio loop, not uvloop: grpc.aio (the Triton client) answered ~1 ms
         # slower per call under uvloop on this machine (p50 6.6-7.0 ms vs 5.5-5.8 ms, c=1)

@@ -248,7 +248,8 @@ def up(
     gateway = stack.read_service(settings, "gateway")
     if gateway is not None:
         console.print(f"gateway up (pid {gateway.pid}): {gateway.url}")
-        typer.echo(curl_examples(gateway.url, stack.dev_api_key(settings) or "<key>"))
+        key = stack.dev_api_key(settings) or "<key>"
+        typer.echo(curl_examples(gateway.url, key, gateway.metrics or None))
 
 
 @app.command()

@@ -64,6 +64,7 @@ class ServiceState:
     url: str
     log: str
     started_unix: float
+    metrics: str = ""  # the gateway's /metrics (its own port)
 
     def alive(self) -> bool:
         return pid_alive(self.pid)
@@ -202,9 +203,9 @@ def _load_model(state: TritonState, name: str) -> None:
         raise TritonStartError(f"Triton could not load {name!r}: {exc}") from None
 
 
-def _detach(process: BackgroundProcess, url: str) -> ServiceState:
+def _detach(process: BackgroundProcess, url: str, metrics: str = "") -> ServiceState:
     assert process.pid is not None
-    state = ServiceState(process.pid, url, str(process.log_path), time.time())
+    state = ServiceState(process.pid, url, str(process.log_path), time.time(), metrics)
     process.process = None  # outlives this process; `down` stops it by its group
     return state
 
@@ -248,7 +249,7 @@ def _up_gateway(
         settings=env,
     )
     gateway.start()
-    return _detach(gateway, gateway.url)
+    return _detach(gateway, gateway.url, gateway.metrics_url)
 
 
 def down(settings: StackSettings) -> TritonState:
@@ -309,7 +310,7 @@ def status(settings: StackSettings) -> dict[str, Any]:
             "alive": gateway_alive,
             "ready": gateway_alive and http_ok(f"{gateway.url}/readyz"),
             "url": gateway.url,
-            "metrics": f"{gateway.url}/metrics",
+            "metrics": gateway.metrics or f"{gateway.url}/metrics",
             "docs": f"{gateway.url}/docs",
             "dev_api_key": dev_api_key(settings),
             "log": gateway.log,

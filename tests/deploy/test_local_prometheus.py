@@ -52,7 +52,7 @@ def prometheus(
     gateway = start_gateway(triton.grpc_url, redis_server.url)
     targets = {
         "triton": [host_port(triton.metrics_url)],
-        "gateway": [f"{gateway.host}:{gateway.port}"],
+        "gateway": [host_port(gateway.metrics_url)],  # /metrics has its own port
     }
     server = PrometheusServer(
         tmp_path_factory.mktemp("prometheus"),

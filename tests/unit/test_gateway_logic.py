@@ -52,10 +52,11 @@ async def test_local_limiter_keys_are_independent() -> None:
 
 
 # -- caches -------------------------------------------------------------------------------------
-def test_cache_key_is_canonical_and_unambiguous() -> None:
-    assert cache_key("m", "1", b"ab", b"c") == cache_key("m", "1", b"ab", b"c")
-    assert cache_key("m", "1", b"ab", b"c") != cache_key("m", "1", b"a", b"bc")
-    assert cache_key("m", "1", b"x") != cache_key("m", "2", b"x")
+def test_cache_key_is_canonical_unambiguous_and_per_tenant() -> None:
+    assert cache_key("t", "m", "1", b"ab", b"c") == cache_key("t", "m", "1", b"ab", b"c")
+    assert cache_key("t", "m", "1", b"ab", b"c") != cache_key("t", "m", "1", b"a", b"bc")
+    assert cache_key("t", "m", "1", b"x") != cache_key("t", "m", "2", b"x")
+    assert cache_key("t", "m", "1", b"x") != cache_key("u", "m", "1", b"x")
 
 
 def test_cached_response_round_trip() -> None:

@@ -7,6 +7,7 @@ Redis), not with uvicorn workers (Prometheus metrics are per process).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import uvicorn
@@ -20,7 +21,8 @@ from gateway.settings import GatewaySettings
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        settings = GatewaySettings()
+        # secrets as files (Compose, Docker secrets): GATEWAY_SECRETS_DIR/gateway_redis_password
+        settings = GatewaySettings(_secrets_dir=os.environ.get("GATEWAY_SECRETS_DIR") or None)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()

@@ -193,11 +193,15 @@ class Health:
                 continue  # a reload just ran (or failed): give it time, do not hammer Triton
             self._reloaded_at[name] = now
             log.warning("reloading %r: its python backend stub died (%s)", name, instance)
+            # meanwhile Triton does not know the model (nor the pipeline): answer 503, not 404
+            self.upstream.restarting.update({name, model.name})
             try:
                 await self.upstream.reload(name)
                 self.reloads += 1
             except GatewayError as exc:
                 log.error("reload of %r failed: %s", name, exc.message)
+            finally:
+                self.upstream.restarting.difference_update({name, model.name})
         self._wake.set()  # probe again at once
 
     # -- tenants ---------------------------------------------------------------------------

@@ -165,6 +165,13 @@ class CircuitBreaker:
             self._opened_at = time.monotonic()
 
 
+def _restarting(name: str) -> GatewayError:
+    return GatewayError(
+        503, "model_restarting", f"model {name!r} is restarting; retry shortly",
+        headers={"Retry-After": "1"},
+    )  # fmt: skip
+
+
 def _is_unreachable(error: GatewayError) -> bool:
     """Failures that say the model cannot be reached (a deadline does not: see the docstring)."""
     return error.code in ("upstream_unavailable", "model_restarting")
@@ -190,6 +197,7 @@ class Upstream:
             else None
         )
         self.on_dead_stub: list[Any] = []  # callbacks(model, instance): the health monitor
+        self.restarting: set[str] = set()  # models being reloaded (and the pipelines using them)
 
     def breaker(self, model: str) -> CircuitBreaker:
         found = self._breakers.get(model)
@@ -244,8 +252,10 @@ class Upstream:
         info = self._models.get(name)
         now = time.monotonic()
         fresh = info and now - info.fetched_at < self.settings.metadata_ttl_s
-        if info is not None and fresh and not refresh:
-            return info
+        if info is not None and (fresh or name in self.restarting) and not refresh:
+            return info  # (while it reloads Triton does not know it: keep what we knew)
+        if name in self.restarting:
+            raise _restarting(name)
         if self._missing.get(name, 0.0) > now and not refresh:  # asked a moment ago
             raise not_found(f"model {name!r} is not served by Triton", code="model_not_found")
         task = self._loading.get(name)
@@ -313,6 +323,10 @@ class Upstream:
         *,
         request_id: str = "",
     ) -> grpcclient.InferResult:
+        if self.restarting and (
+            model.name in self.restarting or self.restarting.intersection(model.steps)
+        ):
+            raise _restarting(model.name)
         breaker = self.breaker(model.name)
         if not breaker.allow():
             self.metrics.upstream_rejected.labels(reason="circuit_open").inc()

@@ -54,11 +54,13 @@ def start_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartGat
     def start(
         triton_grpc_url: str,
         redis_url: str | None = None,
-        extra_env: dict[str, str] | None = None,
+        extra_env: dict[str, str | None] | None = None,
         **settings: object,
     ) -> GatewayProcess:
+        """``extra_env`` values of None leave that variable unset (e.g. to get a default)."""
         env = {f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()}
-        env.update(extra_env or {})
+        unset = {k for k, v in (extra_env or {}).items() if v is None}
+        env.update({k: v for k, v in (extra_env or {}).items() if v is not None})
         env.setdefault("GATEWAY_SCORING_ENABLED", "false")  # the scoring tests turn it on
         env.setdefault("GATEWAY_TENANTS", TENANTS_JSON)
         # production is the default; these test tenants and servers are development ones
@@ -66,6 +68,8 @@ def start_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartGat
         # no background inference probes: tests count Triton's inferences exactly (the stub
         # failure tests turn them on)
         env.setdefault("GATEWAY_PROBE_INTERVAL_S", "0")
+        for name in unset:
+            env.pop(name, None)
         process = GatewayProcess(
             tmp_path_factory.mktemp("gateway"),
             triton_grpc_url=triton_grpc_url,

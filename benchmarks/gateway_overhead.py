@@ -123,10 +123,10 @@ async def _run_target(
         return await _closed_loop(send_http, c, seconds, 1.0)
 
 
-def _durations(gateway_url: str) -> dict[str, float]:
+def _durations(metrics_url: str) -> dict[str, float]:
     """The gateway's own timing counters: the sum and count of its request durations (from the
     middleware's entry to the response's last byte) and of its upstream (gRPC) calls."""
-    with urllib.request.urlopen(f"{gateway_url}/metrics", timeout=10) as response:
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
         return durations_from_text(response.read().decode())
 
 
@@ -198,7 +198,7 @@ def main(
         for repeat in range(repeats):
             for c in levels:
                 for target in targets:
-                    before = _durations(gateway.url)
+                    before = _durations(gateway.metrics_url)
                     lat, errors, secs = asyncio.run(
                         _run_target(
                             target, triton.grpc_url, gateway.url, key, c, seconds,
@@ -211,7 +211,7 @@ def main(
                     mean_ms = 1000 * statistics.fmean(lat) if lat else float("nan")
                     if target.startswith("gateway"):
                         splits[(target, c, repeat)] = split_time(
-                            before, _durations(gateway.url), mean_ms
+                            before, _durations(gateway.metrics_url), mean_ms
                         )
                     else:
                         splits[(target, c, repeat)] = {"client_mean_ms": round(mean_ms, 2)}

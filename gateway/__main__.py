@@ -7,19 +7,22 @@ Redis), not with uvicorn workers (Prometheus metrics are per process).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import uvicorn
 from pydantic import ValidationError
 
 from gateway.app import create_app
+from gateway.protocol import deadline_protocol
 from gateway.settings import GatewaySettings
 
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        settings = GatewaySettings()
+        # secrets as files (Compose, Docker secrets): GATEWAY_SECRETS_DIR/gateway_redis_password
+        settings = GatewaySettings(_secrets_dir=os.environ.get("GATEWAY_SECRETS_DIR") or None)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
@@ -31,6 +34,11 @@ def main() -> int:
         host=settings.host,
         port=settings.port,
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
+        # uvicorn's own limits: connections + requests (503 past it), idle keep-alive; the
+        # deadlines to receive headers and body are ours (gateway/protocol.py)
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        http=deadline_protocol(settings.header_timeout_s, settings.body_timeout_s),
         access_log=False,
         # the standard asyncio loop, not uvloop: grpc.aio (the Triton client) answered ~1 ms
         # slower per call under uvloop on this machine (p50 6.6-7.0 ms vs 5.5-5.8 ms, c=1)

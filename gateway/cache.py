@@ -1,4 +1,4 @@
-"""Response caches: answers keyed by model, model version and a canonical hash of the input.
+"""Response caches: answers keyed by tenant, model, model version and a canonical hash of the input.
 
 Two layers live in the stack (see README, "Which cache serves what"):
 - this gateway cache holds whole HTTP answers (the exact bytes), in Redis when configured (shared
@@ -6,6 +6,12 @@ Two layers live in the stack (see README, "Which cache serves what"):
   in-process LRU (entries and bytes bounded, TTL) as the embedded default;
 - Triton's own response cache (``response_cache { enable: true }`` in the model config) holds
   per-request model outputs inside the server, for any client, gateway or not.
+
+Entries are tenant-scoped: one tenant's request never reveals (``X-Cache: HIT``) or receives
+another tenant's entry. A Redis entry carries an HMAC-SHA256 tag over its key and bytes (the key
+is ``GATEWAY_CACHE_SIGNING_KEY``, shared by the replicas), and is served only when the tag
+matches and its media type and headers are ones the gateway itself writes: whoever can write to
+Redis cannot make the gateway serve their bytes, and a corrupt entry is a miss, never a 500.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +30,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
+
+
+# What the gateway itself caches: anything else read back from Redis is refused.
+MEDIA_TYPES = frozenset({"application/json", "application/octet-stream"})
+HEADERS = frozenset({"Inference-Header-Content-Length"})
+_TAG = 32  # HMAC-SHA256
 
 
 @dataclass(frozen=True)
@@ -35,17 +49,51 @@ class CachedResponse:
         return len(head).to_bytes(4, "little") + head + self.body
 
     @classmethod
-    def decode(cls, blob: bytes) -> CachedResponse:
+    def decode(cls, blob: bytes) -> CachedResponse | None:
+        """The entry, or None when it is not one the gateway wrote (type-checked, never raises)."""
         size = int.from_bytes(blob[:4], "little")
-        media_type, *header_lines = blob[4 : 4 + size].decode().split("\n")
-        headers = tuple(tuple(line.split(":", 1)) for line in header_lines)
-        return cls(blob[4 + size :], media_type, headers)  # type: ignore[arg-type]
+        if len(blob) < 4 + size:
+            return None
+        try:
+            media_type, *lines = blob[4 : 4 + size].decode().split("\n")
+        except UnicodeDecodeError:
+            return None
+        headers = []
+        for line in lines:
+            name, sep, value = line.partition(":")
+            if not sep or name not in HEADERS or not value.isdigit():
+                return None
+            headers.append((name, value))
+        if media_type not in MEDIA_TYPES:
+            return None
+        return cls(blob[4 + size :], media_type, tuple(headers))
+
+    def seal(self, key: str, signing_key: bytes) -> bytes:
+        """``encode()`` behind an HMAC tag over the cache key and the bytes."""
+        blob = self.encode()
+        return _tag(signing_key, key, blob) + blob
+
+    @classmethod
+    def unseal(cls, sealed: bytes, key: str, signing_key: bytes) -> CachedResponse | None:
+        """The entry when its tag matches ``key`` and ``signing_key`` and it type-checks."""
+        blob = sealed[_TAG:]
+        if len(sealed) < _TAG or not hmac.compare_digest(
+            sealed[:_TAG], _tag(signing_key, key, blob)
+        ):
+            return None
+        return cls.decode(blob)
 
 
-def cache_key(model: str, version: str, *parts: bytes) -> str:
-    """``model:version:sha256(parts)`` with each part length-prefixed (no ambiguity)."""
+def _tag(signing_key: bytes, key: str, blob: bytes) -> bytes:
+    mac = hmac.new(signing_key, key.encode(), hashlib.sha256)
+    mac.update(blob)
+    return mac.digest()
+
+
+def cache_key(tenant: str, model: str, version: str, *parts: bytes) -> str:
+    """``model:version:sha256(tenant, parts)``, each part length-prefixed (no ambiguity)."""
     digest = hashlib.sha256()
-    for part in parts:
+    for part in (tenant.encode(), *parts):
         digest.update(len(part).to_bytes(8, "little"))
         digest.update(part)
     return f"{model}:{version}:{digest.hexdigest()}"
@@ -89,20 +137,40 @@ class RedisCache:
     answer does not wait for a Redis round trip); until it lands, this process answers the key
     from its pending writes, so its own next identical request is a hit. At most
     ``max_pending`` writes are in flight; past that, ``put`` waits for its write.
+
+    Entries are sealed with ``signing_key`` (see the module docstring); without one, a random
+    key of this process: nothing another process wrote is served.
     """
 
     layer = "redis"
 
     def __init__(
-        self, redis: Redis, ttl_s: int, prefix: str = "tritonstack:rc:", max_pending: int = 1024
+        self,
+        redis: Redis,
+        ttl_s: int,
+        prefix: str = "tritonstack:rc:",
+        max_pending: int = 1024,
+        signing_key: bytes | None = None,
     ) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
         self._prefix = prefix
         self._max_pending = max_pending
+        self._signing_key = signing_key or secrets.token_bytes(32)
         self._pending: dict[str, CachedResponse] = {}
         self._writes: set[asyncio.Task[None]] = set()
         self.errors = 0
+        self.rejected = 0  # entries read back that were not ours (tag, type): misses
+
+    def open(self, key: str, sealed: bytes | None) -> CachedResponse | None:
+        """A blob read for ``key`` as an answer, or None (absent, forged or corrupt)."""
+        if not sealed:
+            return None
+        value = CachedResponse.unseal(sealed, self.full_key(key), self._signing_key)
+        if value is None:
+            self.rejected += 1
+            log.warning("response cache entry refused (tag or type mismatch): treated as a miss")
+        return value
 
     def pending(self, key: str) -> CachedResponse | None:
         return self._pending.get(key)
@@ -129,7 +197,7 @@ class RedisCache:
             self.errors += 1
             log.warning("response cache read failed (treated as a miss): %s", exc)
             return None
-        return CachedResponse.decode(blob) if blob else None
+        return self.open(key, blob)
 
     async def put(self, key: str, value: CachedResponse) -> None:
         if len(self._writes) >= self._max_pending:  # back-pressure instead of unbounded tasks
@@ -142,7 +210,8 @@ class RedisCache:
 
     async def _write(self, key: str, value: CachedResponse) -> None:
         try:
-            await self._redis.set(self._prefix + key, value.encode(), ex=self._ttl_s)
+            sealed = value.seal(self.full_key(key), self._signing_key)
+            await self._redis.set(self.full_key(key), sealed, ex=self._ttl_s)
         except (RedisError, OSError) as exc:
             self.errors += 1
             log.warning("response cache write failed (answer not cached): %s", exc)

@@ -5,13 +5,35 @@ Two body shapes, by route family:
   the shape ``tritonclient.http`` reads;
 - everything else (OpenAI-compatible and our own): ``{"error": {"message", "type", "code",
   "param"}}``.
+
+This module is the one place that turns a failure into an answer (``to_gateway_error`` and
+``error_response``): the shape is chosen once, by path, and no text from Triton, Redis or the
+feature store reaches a client unless it went through ``sanitize`` (no addresses, paths or
+tracebacks). Anything unexpected is a 500 that says only that, logged with its traceback.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+log = logging.getLogger("gateway")
+# host:port, IPv4, URLs and file paths: what internal messages carry and clients must not see
+_INTERNALS = re.compile(
+    r"(?:[a-z][a-z0-9+.-]*://\S+)"  # URLs (redis://user:pass@host, dns:///triton:8001)
+    r"|(?:\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b)"  # IPv4[:port]
+    r"|(?:\[[0-9a-f]*:[0-9a-f:]+\](?::\d+)?)"  # [IPv6]:port
+    r"|(?:\b[\w.-]+:\d{2,5}\b)"  # host:port
+    r"|(?:(?:/[\w.+-]+){2,}/?)",  # /absolute/file/paths
+    re.I,
+)
+_MAX_MESSAGE = 500
 
 
 class GatewayError(Exception):
@@ -40,6 +62,12 @@ class GatewayError(Exception):
         return {
             "error": {"message": self.message, "type": kind, "code": self.code, "param": self.param}
         }
+
+
+def sanitize(text: str) -> str:
+    """Internal text made fit for a client: addresses and paths replaced, length bounded."""
+    cleaned = _INTERNALS.sub("<internal>", text)
+    return cleaned if len(cleaned) <= _MAX_MESSAGE else cleaned[:_MAX_MESSAGE] + "..."
 
 
 def bad_request(message: str, *, param: str | None = None, code: str = "invalid_input"):
@@ -97,3 +125,47 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 V2_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": V2ErrorBody, "description": text} for code, text in _STATUSES.items()
 }
+
+
+# -- the one error map ----------------------------------------------------------------------------
+_STARLETTE_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
+def to_gateway_error(exc: Exception) -> GatewayError:
+    """Any exception raised while serving a request, as the error the client gets."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        problems = []
+        status = 422
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            if err.get("type") == "json_invalid":
+                status = 400
+            problems.append(f"{where or 'body'}: {err.get('msg')}")
+        return GatewayError(status, "invalid_request", sanitize("; ".join(problems[:5])))
+    if isinstance(exc, StarletteHTTPException):
+        status = exc.status_code
+        message = str(exc.detail) if status < 500 else "internal error"
+        if status == 400:  # Starlette's "There was an error parsing the body"
+            message = "the body could not be parsed: send valid JSON"
+        return GatewayError(
+            status,
+            _STARLETTE_CODES.get(status, "invalid_request"),
+            sanitize(message),
+            headers=dict(exc.headers or {}),
+        )
+    if isinstance(exc, RecursionError):
+        return GatewayError(400, "invalid_request", "the JSON body is nested too deeply")
+    if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
+        return GatewayError(400, "invalid_request", "a number in the body has too many digits")
+    log.error("unexpected error while serving a request", exc_info=exc)
+    return GatewayError(500, "internal_error", "internal error; the gateway log has details")
+
+
+def error_response(exc: Exception, path: str) -> JSONResponse:
+    """The answer to ``exc`` on ``path``: v2 shape under /v2, OpenAI's elsewhere."""
+    error = to_gateway_error(exc)
+    return JSONResponse(
+        error.body(path.startswith("/v2")), status_code=error.status, headers=error.headers
+    )

@@ -9,6 +9,7 @@ changed feature value can never be answered from an old score.
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -20,9 +21,10 @@ from features.errors import FeatureStoreError
 from features.online import OnlineFeatures
 from features.schema import MODEL_FEATURES, ModelInput, build_model_input
 from features.settings import FeatureSettings
-from gateway.errors import GatewayError, bad_request
+from gateway.errors import GatewayError, bad_request, sanitize
 from gateway.upstream import ModelInfo, Upstream
 
+log = logging.getLogger("gateway")
 _INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -68,8 +70,13 @@ async def model_input(
     except FeatureStoreError as exc:
         status = int(getattr(exc, "status_code", 503))
         code = {404: "unknown_entity", 422: "invalid_features"}.get(status, "features_unavailable")
-        headers = {"Retry-After": "1"} if status == 503 else None
-        raise GatewayError(status, code, str(exc), param="entity_ids", headers=headers) from None
+        if status == 503:  # the store's own text names hosts and ports: logged, not sent
+            log.warning("online store unavailable: %s", exc)
+            raise GatewayError(
+                503, code, "the online feature store is unavailable; retry later",
+                param="entity_ids", headers={"Retry-After": "1"},
+            ) from None  # fmt: skip
+        raise GatewayError(status, code, sanitize(str(exc)), param="entity_ids") from None
 
 
 async def score(

@@ -1,7 +1,9 @@
 """The gateway's one settings class, read from ``GATEWAY_*`` environment variables.
 
 Validated at start-up: a gateway that would run with placeholder secrets outside development,
-or with no tenants at all, refuses to start instead of serving unauthenticated traffic.
+or with no tenants at all, refuses to start instead of serving unauthenticated traffic. The
+defaults are the production ones (fail closed); `tritonstack up` and the tests ask for
+``GATEWAY_ENVIRONMENT=development`` explicitly.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.tenants import TenantConfig, load_tenants, placeholder_problems
@@ -31,9 +33,13 @@ class RedisFailurePolicy(StrEnum):
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
 
-    environment: Environment = Environment.development
+    environment: Environment = Environment.production
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    metrics_host: str | None = Field(None, description="the metrics listener (default: host)")
+    metrics_port: int = Field(
+        9102, ge=0, le=65535, description="/metrics on its own port, never on the API port"
+    )
 
     # -- upstream Triton (gRPC) -----------------------------------------------------------------
     triton_grpc_url: str = "127.0.0.1:8001"
@@ -46,16 +52,43 @@ class GatewaySettings(BaseSettings):
     )
     breaker_failures: int = Field(5, ge=1, description="consecutive failures that open it")
     breaker_cooldown_s: float = Field(2.0, gt=0, description="open time before a trial call")
+    triton_admin_header: str = Field(
+        "tritonstack-admin-key",
+        description="the header Triton's --grpc-restricted-protocol/--http-restricted-api expect "
+        "on the model-repository API (gRPC adds the 'triton-grpc-protocol-' prefix itself)",
+    )
+    triton_admin_key: SecretStr | None = Field(
+        None, description="its value: lets the gateway reload a model whose python stub died"
+    )
+    model_load_timeout_s: float = Field(120.0, gt=0, description="deadline of a model reload")
 
-    # -- Redis (rate limits, response cache); None = in-process defaults ----------------------
+    # -- health ---------------------------------------------------------------------------------
+    health_interval_s: float = Field(
+        1.0, gt=0, description="readiness, unloaded models, tenants file and revocations"
+    )
+    probe_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="a real inference through each served pipeline (0: only after a request "
+        "failed because a model's backend died)",
+    )
+
+    # -- Redis (rate limits, response cache, revocations); None = in-process defaults ----------
     redis_url: str | None = None
+    redis_username: str | None = Field(None, description="the Redis ACL user (with password)")
+    redis_password: SecretStr | None = None
     redis_timeout_s: float = Field(0.25, gt=0)
-    rate_limit_on_redis_error: RedisFailurePolicy = RedisFailurePolicy.fallback
+    rate_limit_on_redis_error: RedisFailurePolicy | None = Field(
+        None, description="default: fallback in development, deny elsewhere"
+    )
 
     # -- auth -------------------------------------------------------------------------------------
     tenants_file: Path | None = Field(None, description="TOML file of tenants (hashed keys)")
     tenants: dict[str, TenantConfig] = Field(
         default_factory=dict, description="tenants as JSON (GATEWAY_TENANTS), merged over file"
+    )
+    tenant_max_inflight: int = Field(
+        64, ge=1, description="requests one tenant may have in flight per replica (429 past it)"
     )
 
     # -- response cache ---------------------------------------------------------------------------
@@ -64,11 +97,23 @@ class GatewaySettings(BaseSettings):
     cache_max_entries: int = Field(10_000, ge=1, description="in-process LRU entries")
     cache_max_bytes: int = Field(64 * 2**20, ge=1, description="in-process LRU size bound")
     cache_max_entry_bytes: int = Field(1 * 2**20, ge=1, description="larger answers not cached")
+    cache_signing_key: SecretStr | None = Field(
+        None,
+        description="HMAC key of Redis cache entries, shared by the replicas (unset: a random key "
+        "per process, so replicas do not share entries)",
+    )
 
     # -- request limits ---------------------------------------------------------------------------
     max_body_bytes: int = Field(8 * 2**20, ge=1024)
     max_text_chars: int = Field(20_000, ge=1, description="per input string")
     max_embedding_inputs: int = Field(256, ge=1, description="strings per /v1/embeddings call")
+    max_tensor_elements: int = Field(2**20, ge=1, description="elements per /v2 infer request")
+    header_timeout_s: float = Field(10.0, gt=0, description="to receive a request's headers")
+    body_timeout_s: float = Field(30.0, gt=0, description="to receive a request's body")
+    keep_alive_timeout_s: int = Field(5, ge=1, description="idle keep-alive connections")
+    max_connections: int = Field(
+        2048, ge=1, description="open connections + requests per replica (uvicorn answers 503)"
+    )
 
     # -- models -----------------------------------------------------------------------------------
     embeddings_model: str = Field("minilm", description="Triton model behind /v1/embeddings")
@@ -93,8 +138,11 @@ class GatewaySettings(BaseSettings):
     # -- shutdown ---------------------------------------------------------------------------------
     drain_timeout_s: float = Field(20.0, ge=0, description="in-flight requests finish within")
 
+    _json_tenants: dict[str, TenantConfig] = PrivateAttr(default_factory=dict)
+
     @model_validator(mode="after")
     def _load_tenants(self) -> Self:
+        self._json_tenants = dict(self.tenants)
         merged = load_tenants(self.tenants_file) if self.tenants_file else {}
         merged.update(self.tenants)
         self.tenants = merged
@@ -112,6 +160,14 @@ class GatewaySettings(BaseSettings):
         return self
 
     @property
+    def redis_failure_policy(self) -> RedisFailurePolicy:
+        if self.rate_limit_on_redis_error is not None:
+            return self.rate_limit_on_redis_error
+        if self.environment is Environment.development:
+            return RedisFailurePolicy.fallback
+        return RedisFailurePolicy.deny
+
+    @property
     def embeddings_pipeline(self) -> str:
         """The Triton model behind /v1/embeddings: the encoder's text pipeline, an ensemble
         named as ``export.ensemble.text_model_name`` names it."""
@@ -122,3 +178,9 @@ class GatewaySettings(BaseSettings):
         if requested == self.embeddings_model or requested in self.embeddings_aliases:
             return self.embeddings_model
         return None
+
+    @property
+    def json_tenants(self) -> dict[str, TenantConfig]:
+        """The tenants from GATEWAY_TENANTS (fixed for the process' life; a reloaded tenants
+        file is merged under them)."""
+        return dict(self._json_tenants)

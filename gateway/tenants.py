@@ -4,18 +4,23 @@ A tenants file is TOML::
 
     [tenants.acme]
     key_sha256 = ["9f86d0…"]      # one or more (rotation: add the new hash, then drop the old)
-    models = ["minilm", "driver_ranker"]   # or ["*"]
-    rate_per_s = 20.0             # sustained requests per second
-    burst = 40                    # requests allowed at once
+    models = ["minilm", "driver_ranker"]   # or ["*"]; none given: no model at all
+    rate_per_s = 20.0             # sustained items per second (a request weighs its items)
+    burst = 40                    # items allowed at once
+    max_inflight = 16             # optional: requests in flight per replica (default: setting)
 
 Keys are 32 random bytes (``ts_`` + URL-safe base64), so one SHA-256 is enough: there is no
 low-entropy password to stretch. Plain keys are never stored, logged or echoed.
+
+The file is read again when it changes (``Authenticator.replace``), and a key or a whole tenant
+can be revoked at once on every replica through Redis (``gateway.revocation``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import tomllib
 from dataclasses import dataclass
@@ -38,9 +43,10 @@ def generate_key() -> str:
 
 class TenantConfig(BaseModel):
     key_sha256: list[str] = Field(min_length=1)
-    models: list[str] = Field(default_factory=lambda: ["*"])
+    models: list[str] = Field(default_factory=list)  # fail closed: no model unless listed
     rate_per_s: float = Field(50.0, gt=0)
     burst: int = Field(100, ge=1)
+    max_inflight: int | None = Field(None, ge=1)
     development: bool = False  # written by `tritonstack up`; refused outside development
 
     @field_validator("key_sha256")
@@ -64,6 +70,14 @@ def load_tenants(path: Path) -> dict[str, TenantConfig]:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError as exc:
         raise ValueError(f"tenants file {path} does not exist") from exc
+    except PermissionError as exc:
+        raise ValueError(
+            f"tenants file {path} is not readable by uid {os.getuid()} (gid {os.getgid()}): "
+            "mount it readable by the gateway's user or group (Kubernetes: fsGroup and the "
+            "Secret's defaultMode)"
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"tenants file {path} cannot be read: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"tenants file {path} is not valid TOML: {exc}") from exc
     return _TENANTS.validate_python(data.get("tenants", {}))
@@ -81,6 +95,7 @@ def write_tenants(path: Path, tenants: dict[str, TenantConfig]) -> None:
             f"models = [{models}]",
             f"rate_per_s = {tenant.rate_per_s}",
             f"burst = {tenant.burst}",
+            *([f"max_inflight = {tenant.max_inflight}"] if tenant.max_inflight else []),
             f"development = {'true' if tenant.development else 'false'}",
             "",
         ]
@@ -108,14 +123,31 @@ class Tenant:
 
 
 class Authenticator:
-    """Finds the tenant of a presented key without early exit on the stored hashes."""
+    """Finds the tenant of a presented key without early exit on the stored hashes.
+
+    ``replace`` swaps the tenants (a reloaded file) and ``revoke`` the revoked key hashes and
+    tenant names (from Redis) while requests are served: each is one attribute assignment.
+    """
 
     def __init__(self, tenants: dict[str, TenantConfig]) -> None:
+        self._entries: list[tuple[bytes, Tenant]] = []
+        self._revoked_keys: frozenset[bytes] = frozenset()
+        self._revoked_tenants: frozenset[str] = frozenset()
+        self.replace(tenants)
+
+    def replace(self, tenants: dict[str, TenantConfig]) -> None:
         self._entries = [
             (bytes.fromhex(digest), Tenant(name, config))
             for name, config in tenants.items()
             for digest in config.key_sha256
         ]
+
+    def revoke(self, key_hashes: frozenset[bytes], tenants: frozenset[str]) -> None:
+        self._revoked_keys, self._revoked_tenants = key_hashes, tenants
+
+    @property
+    def tenant_names(self) -> set[str]:
+        return {tenant.name for _, tenant in self._entries}
 
     def authenticate(self, key: str | None) -> Tenant | None:
         if not key:
@@ -125,4 +157,8 @@ class Authenticator:
         for digest, tenant in self._entries:  # every entry compared: no timing by position
             if hmac.compare_digest(presented, digest):
                 found = tenant
+        if found is None or presented in self._revoked_keys:
+            return None
+        if found.name in self._revoked_tenants:
+            return None
         return found

@@ -1,13 +1,18 @@
 """Triton over gRPC (``tritonclient.grpc.aio``): model metadata, inference, health.
 
 Every call has a deadline. Upstream failures become :class:`GatewayError` with a clear status
-(unavailable → 503, deadline → 504, queue full → 429), and a circuit breaker answers 503 at once
-after consecutive connection failures instead of letting requests pile up on a dead server.
+(unavailable → 503, deadline → 504, queue full → 429), and a circuit breaker per model answers
+503 at once after consecutive failures that say the model cannot be reached (connection lost,
+not ready, its python backend stub dead), instead of letting requests pile up on it. A deadline
+does not count: it says that this request took too long, not that the model is gone, so one
+tenant's oversized requests cannot open the breaker for everybody else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,11 +22,15 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
-from gateway.errors import GatewayError, not_found, unavailable
+from gateway.errors import GatewayError, not_found, sanitize, unavailable
 from gateway.metrics import Metrics
 from gateway.settings import GatewaySettings
 
+log = logging.getLogger("gateway")
 _MAX_MESSAGE = 64 * 2**20
+_MISSING_TTL_S = 1.0  # a model Triton does not know: asked again after this
+# "Stub process 'minilm_tokenizer_cpu_0' is not healthy." (a dead python-backend stub)
+_DEAD_STUB = re.compile(r"stub process '([^']+)' is not healthy", re.I)
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class ModelInfo:
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
     platform: str = ""
+    steps: tuple[str, ...] = ()  # an ensemble's composing models
     fetched_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -69,7 +79,11 @@ class ModelInfo:
 
 
 def map_triton_error(exc: InferenceServerException, model: str | None = None) -> GatewayError:
-    """Triton/gRPC failure → a gateway error with a status a client can act on."""
+    """Triton/gRPC failure → a gateway error with a status a client can act on.
+
+    Only INVALID_ARGUMENT carries Triton's text (what to fix in the input), sanitized; every
+    other failure is logged here and answered without it (addresses, internal names).
+    """
     status = str(exc.status() or "")
     message = str(exc.message() or exc)
     lowered = message.lower()
@@ -87,15 +101,25 @@ def map_triton_error(exc: InferenceServerException, model: str | None = None) ->
         return not_found(f"{subject} is not served by Triton", code="model_not_found")
     if "timeout expired" in lowered:  # Triton's own queue timeout
         return unavailable(f"{subject} timed out in Triton's queue; retry later")
+    dead = _DEAD_STUB.search(message)
+    if dead:
+        log.warning("%s: a python backend stub died: %s", subject, message)
+        return GatewayError(
+            503, "model_restarting", f"{subject} is restarting; retry shortly",
+            headers={"Retry-After": "1"}, detail=dead.group(1),
+        )  # fmt: skip
     if "UNAVAILABLE" in status or "not ready" in lowered:
+        log.warning("%s unavailable: %s", subject, message)
         return unavailable(f"{subject} is unavailable: Triton cannot be reached or is not ready")
     if "INVALID_ARGUMENT" in status:
+        text = sanitize(message)
         return GatewayError(
-            400, "invalid_input", f"{subject} rejected the input: {message}", detail=message
+            400, "invalid_input", f"{subject} rejected the input: {text}", detail=text
         )
     if "RESOURCE_EXHAUSTED" in status:
         return GatewayError(413, "too_large", f"{subject}: request or response too large")
-    return GatewayError(502, "upstream_error", f"{subject} failed: {message}")
+    log.warning("%s failed: %s %s", subject, status, message)
+    return GatewayError(502, "upstream_error", f"{subject} failed; the gateway log has details")
 
 
 class CircuitBreaker:
@@ -117,6 +141,8 @@ class CircuitBreaker:
         return "open"
 
     def allow(self) -> bool:
+        """May a call go now? In half-open, the one caller that gets True holds the trial and
+        must end it with ``success``, ``failure`` or ``cancel``."""
         state = self.state
         if state == "closed":
             return True
@@ -124,6 +150,10 @@ class CircuitBreaker:
             self._trial = True
             return True
         return False
+
+    def cancel(self) -> None:
+        """The call that held the trial never reached Triton (e.g. no slot): free the trial."""
+        self._trial = False
 
     def success(self) -> None:
         self._count, self._opened_at, self._trial = 0, None, False
@@ -135,8 +165,16 @@ class CircuitBreaker:
             self._opened_at = time.monotonic()
 
 
-def _is_connection_failure(error: GatewayError) -> bool:
-    return error.code in ("upstream_unavailable", "upstream_timeout")
+def _restarting(name: str) -> GatewayError:
+    return GatewayError(
+        503, "model_restarting", f"model {name!r} is restarting; retry shortly",
+        headers={"Retry-After": "1"},
+    )  # fmt: skip
+
+
+def _is_unreachable(error: GatewayError) -> bool:
+    """Failures that say the model cannot be reached (a deadline does not: see the docstring)."""
+    return error.code in ("upstream_unavailable", "model_restarting")
 
 
 class Upstream:
@@ -146,11 +184,29 @@ class Upstream:
         self.settings = settings
         self.metrics = metrics
         self._client: grpcaio.InferenceServerClient | None = None
-        self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
+        self._breakers: dict[str, CircuitBreaker] = {}
         self._slots = asyncio.Semaphore(settings.max_inflight)
         self._models: dict[str, ModelInfo] = {}
+        self._missing: dict[str, float] = {}  # unknown model -> when to ask Triton again
         self._loading: dict[str, asyncio.Task[ModelInfo]] = {}
         self._lost = False  # Triton was unreachable: reload metadata once it answers again
+        key = settings.triton_admin_key
+        # Triton's gRPC frontend expects restricted-protocol headers with this prefix
+        self._admin_headers = (
+            {f"triton-grpc-protocol-{settings.triton_admin_header}": key.get_secret_value()}
+            if key
+            else None
+        )
+        self.on_dead_stub: list[Any] = []  # callbacks(model, instance): the health monitor
+        self.restarting: set[str] = set()  # models being reloaded (and the pipelines using them)
+
+    def breaker(self, model: str) -> CircuitBreaker:
+        found = self._breakers.get(model)
+        if found is None:  # one per model Triton knows (models come from its metadata)
+            found = self._breakers[model] = CircuitBreaker(
+                self.settings.breaker_failures, self.settings.breaker_cooldown_s
+            )
+        return found
 
     async def open(self) -> None:
         """Create the gRPC channel (inside the serving event loop: gRPC aio binds to it)."""
@@ -183,12 +239,26 @@ class Upstream:
             self._client = None
 
     # -- metadata -----------------------------------------------------------------------------
+    @property
+    def known_models(self) -> list[str]:
+        """Models whose metadata is cached (the health monitor checks they are still served)."""
+        return list(self._models)
+
+    def evict(self, name: str) -> None:
+        """Forget a model's metadata: the next request asks Triton (unloaded: 404 at once)."""
+        self._models.pop(name, None)
+
     async def model(self, name: str, *, refresh: bool = False) -> ModelInfo:
         """Metadata of a served model (cached ``metadata_ttl_s``; 404/503 as GatewayError)."""
         info = self._models.get(name)
-        fresh = info and time.monotonic() - info.fetched_at < self.settings.metadata_ttl_s
-        if info is not None and fresh and not refresh:
-            return info
+        now = time.monotonic()
+        fresh = info and now - info.fetched_at < self.settings.metadata_ttl_s
+        if info is not None and (fresh or name in self.restarting) and not refresh:
+            return info  # (while it reloads Triton does not know it: keep what we knew)
+        if name in self.restarting:
+            raise _restarting(name)
+        if self._missing.get(name, 0.0) > now and not refresh:  # asked a moment ago
+            raise not_found(f"model {name!r} is not served by Triton", code="model_not_found")
         task = self._loading.get(name)
         if task is None:  # one fetch per model however many requests wait for it
             task = asyncio.ensure_future(self._fetch(name))
@@ -196,9 +266,14 @@ class Upstream:
             task.add_done_callback(lambda _: self._loading.pop(name, None))
         try:
             info = await asyncio.shield(task)
-        except GatewayError:
+        except GatewayError as exc:
             self._models.pop(name, None)
+            if exc.status == 404:  # remembered briefly: unknown names cost Triton nothing
+                if len(self._missing) > 10_000:
+                    self._missing.clear()
+                self._missing[name] = time.monotonic() + _MISSING_TTL_S
             raise
+        self._missing.pop(name, None)
         self._models[name] = info
         return info
 
@@ -213,6 +288,11 @@ class Upstream:
             raise map_triton_error(exc, name) from None
         config = config.get("config", config)
         optional = {i["name"] for i in config.get("input", []) if i.get("optional")}
+        steps = tuple(
+            step["model_name"]
+            for step in config.get("ensemble_scheduling", {}).get("step", [])
+            if step.get("model_name")
+        )
 
         def tensors(items: list[dict[str, Any]]) -> list[TensorInfo]:
             return [
@@ -232,6 +312,7 @@ class Upstream:
             inputs=tensors(meta.get("inputs", [])),
             outputs=tensors(meta.get("outputs", [])),
             platform=meta.get("platform", ""),
+            steps=steps,
         )
 
     # -- inference ---------------------------------------------------------------------------
@@ -243,10 +324,15 @@ class Upstream:
         *,
         request_id: str = "",
     ) -> grpcclient.InferResult:
-        if not self.breaker.allow():
+        if self.restarting and (
+            model.name in self.restarting or self.restarting.intersection(model.steps)
+        ):
+            raise _restarting(model.name)
+        breaker = self.breaker(model.name)
+        if not breaker.allow():
             self.metrics.upstream_rejected.labels(reason="circuit_open").inc()
             raise unavailable(
-                f"model {model.name!r} is unavailable: Triton failed repeatedly, "
+                f"model {model.name!r} is unavailable: it failed repeatedly, "
                 f"retrying in {self.settings.breaker_cooldown_s:g} s",
                 code="circuit_open",
                 retry_after_s=max(1, round(self.settings.breaker_cooldown_s)),
@@ -257,6 +343,7 @@ class Upstream:
             else:
                 await self._slots.acquire()
         except TimeoutError:
+            breaker.cancel()  # a half-open trial that never ran must not keep the breaker shut
             self.metrics.upstream_rejected.labels(reason="overloaded").inc()
             raise GatewayError(
                 503, "gateway_overloaded",
@@ -276,18 +363,24 @@ class Upstream:
         except InferenceServerException as exc:
             error = map_triton_error(exc, model.name)
             outcome = error.code
-            if _is_connection_failure(error):
-                self.breaker.failure()
+            if _is_unreachable(error):
+                breaker.failure()
                 self._lost = True
             else:
-                self.breaker.success()  # Triton answered: the connection is fine
+                breaker.success()  # Triton answered (or only this request was slow)
+            if error.code == "model_restarting":
+                for callback in self.on_dead_stub:
+                    callback(model.name, error.detail or "")
             raise error from None
+        except BaseException:  # cancelled (client gone): the call's outcome is unknown
+            breaker.cancel()
+            raise
         finally:
             self._slots.release()
             self.metrics.upstream_latency.labels(model=model.name, outcome=outcome).observe(
                 time.perf_counter() - started
             )
-        self.breaker.success()
+        breaker.success()
         self._reconnected()
         return result
 
@@ -297,6 +390,23 @@ class Upstream:
         if self._lost:
             self._lost = False
             self._models.clear()
+
+    async def reload(self, name: str) -> None:
+        """Unload and load a model through Triton's repository API (with the admin key when set).
+
+        A plain load of an unchanged model is a no-op in Triton (its files are unmodified), so a
+        dead stub would stay dead: the unload makes the load start new instances (and Triton
+        loads the ensembles that use the model again by itself)."""
+        timeout = self.settings.model_load_timeout_s
+        try:
+            await self.client.unload_model(
+                name, headers=self._admin_headers, client_timeout=timeout
+            )
+            await self.client.load_model(name, headers=self._admin_headers, client_timeout=timeout)
+        except InferenceServerException as exc:
+            log.error("Triton refused to load %r: %s", name, exc.message())
+            raise map_triton_error(exc, name) from None
+        self.breaker(name).success()
 
     # -- health ------------------------------------------------------------------------------
     async def ready(self, models: Sequence[str]) -> dict[str, bool]:
@@ -316,8 +426,7 @@ class Upstream:
                 ok = False
             checks[f"model:{name}"] = bool(ok)
         if checks["triton"]:
-            self.breaker.success()
             self._reconnected()
         else:
             self._lost = True
-        return checks
+        return checks  # never resets a breaker: only a real call's outcome does

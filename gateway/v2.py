@@ -9,6 +9,7 @@ fix.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -51,6 +52,10 @@ class InferRequest:
     inputs: list[Tensor]
     outputs: list[tuple[str, bool]]  # (name, binary) in request order; empty = all
     binary_default: bool
+    batch: int = 1  # rows of a batching model's request (the request's rate-limit weight)
+
+    def batch_size(self) -> int:
+        return self.batch
 
     def cache_parts(self) -> list[bytes]:
         parts = [self.id.encode(), b"binary" if self.binary_default else b"json"]
@@ -69,6 +74,8 @@ def loads(data: bytes | str, what: str = "body") -> Any:
         raise bad_request(f"{what} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
     except RecursionError:
         raise bad_request(f"{what} is nested too deeply") from None
+    except ValueError:  # Python refuses integers of more than 4,300 digits
+        raise bad_request(f"{what} holds a number with too many digits") from None
 
 
 def _expect(condition: bool, message: str, param: str | None = None) -> None:
@@ -76,56 +83,102 @@ def _expect(condition: bool, message: str, param: str | None = None) -> None:
         raise bad_request(message, param=param)
 
 
-def _from_json(name: str, datatype: str, data: Any, numel: int) -> np.ndarray:
-    """JSON values → a flat array of the datatype, refusing lossy or out-of-range values."""
-    if not isinstance(data, list):
-        data = [data]
-    try:
-        values = np.asarray(data)
-    except ValueError:
-        raise bad_request(
-            f"input {name!r}: data is ragged; give a flat list or a regular nesting"
-        ) from None
-    values = values.reshape(-1)
-    if values.size != numel:
-        raise bad_request(
-            f"input {name!r}: shape says {numel} elements but data has {values.size}", param=name
+def _leaves(name: str, data: Any, numel: int) -> list[Any]:
+    """The values of a flat or regularly nested JSON list, in order, never more than ``numel``.
+
+    Level by level with C-speed list operations (no per-value Python work), so a hostile body
+    costs at most its own size: nothing is allocated from a declared shape or string length.
+    """
+    level = data if isinstance(data, list) else [data]
+    while level:
+        kinds = set(map(type, level))
+        if list not in kinds:
+            break
+        _expect(
+            kinds == {list},
+            f"input {name!r}: data is ragged; give a flat list or a regular nesting",
+            name,
         )
+        sizes = set(map(len, level))
+        _expect(
+            len(sizes) == 1,
+            f"input {name!r}: data is ragged; give a flat list or a regular nesting",
+            name,
+        )
+        _expect(
+            len(level) * sizes.pop() <= numel,
+            f"input {name!r}: data has more than the {numel} elements its shape says",
+            name,
+        )
+        level = list(itertools.chain.from_iterable(level))
+    _expect(
+        len(level) == numel,
+        f"input {name!r}: shape says {numel} elements but data has {len(level)}",
+        name,
+    )
+    return level
+
+
+def _from_json(
+    name: str, datatype: str, data: Any, numel: int, *, max_text_chars: int
+) -> np.ndarray:
+    """JSON values → a flat array of the datatype, refusing lossy or out-of-range values.
+
+    Types are checked before numpy sees the values: numpy would turn a mix of strings and
+    numbers into fixed-width unicode, 4 bytes x the longest string x every element.
+    """
+    values = _leaves(name, data, numel)
     if numel == 0:
         return np.empty(0, dtype=object if datatype == "BYTES" else triton_to_np_dtype(datatype))
+    kinds = set(map(type, values))
     if datatype == "BYTES":
-        _expect(values.dtype.kind in "SU", f"input {name!r}: BYTES data must be strings", name)
-        return np.array([v.encode("utf-8") for v in values.tolist()], dtype=object)
+        _expect(kinds == {str}, f"input {name!r}: BYTES data must be strings", name)
+        longest = max(map(len, values))
+        _expect(
+            longest <= max_text_chars,
+            f"input {name!r}: an element has {longest} characters; the limit is {max_text_chars}",
+            name,
+        )
+        array = np.empty(numel, dtype=object)
+        for i, text in enumerate(values):
+            try:
+                array[i] = text.encode("utf-8")
+            except UnicodeEncodeError as exc:  # JSON allows lone surrogates ("\ud800")
+                raise bad_request(
+                    f"input {name!r}: element {i} is not valid Unicode (an unpaired surrogate "
+                    f"at character {exc.start}); send well-formed text",
+                    param=name,
+                ) from None
+        return array
     dtype = np.dtype(triton_to_np_dtype(datatype))
     if datatype == "BOOL":
-        _expect(values.dtype.kind == "b", f"input {name!r}: BOOL data must be true/false", name)
-        return values.astype(bool)
+        _expect(kinds == {bool}, f"input {name!r}: BOOL data must be true/false", name)
+        return np.array(values, dtype=bool)
     if dtype.kind in "iu":
-        if values.dtype.kind == "O" and all(type(v) is int for v in values.tolist()):
-            info = np.iinfo(dtype)
-            raise bad_request(
-                f"input {name!r}: values must lie in [{info.min}, {info.max}] for {datatype}",
-                param=name,
-            )
         _expect(
-            values.dtype.kind in "iu",
-            f"input {name!r}: {datatype} data must be integers, got {values.dtype.kind!r} values",
+            kinds == {int},
+            f"input {name!r}: {datatype} data must be integers, got "
+            f"{', '.join(sorted(k.__name__ for k in kinds - {int}))} values",
             name,
         )
         info = np.iinfo(dtype)
-        low, high = int(values.min()), int(values.max())
+        low, high = min(values), max(values)
         _expect(
             info.min <= low and high <= info.max,
             f"input {name!r}: values must lie in [{info.min}, {info.max}] for {datatype}",
             name,
         )
-        return values.astype(dtype)
+        return np.array(values, dtype=dtype)
     _expect(
-        values.dtype.kind in "iuf",
-        f"input {name!r}: {datatype} data must be numbers, got {values.dtype} values",
+        kinds <= {int, float},
+        f"input {name!r}: {datatype} data must be numbers, got "
+        f"{', '.join(sorted(k.__name__ for k in kinds - {int, float}))} values",
         name,
     )
-    return values.astype(dtype)
+    try:
+        return np.array(values, dtype=np.float64).astype(dtype)
+    except OverflowError:  # an integer beyond float64
+        raise bad_request(f"input {name!r}: a value is out of range for {datatype}") from None
 
 
 def _from_binary(name: str, datatype: str, raw: bytes, numel: int) -> np.ndarray:
@@ -149,7 +202,12 @@ def _from_binary(name: str, datatype: str, raw: bytes, numel: int) -> np.ndarray
 
 
 def parse_infer_request(
-    body: bytes, header_length: int | None, model: ModelInfo, *, max_text_chars: int
+    body: bytes,
+    header_length: int | None,
+    model: ModelInfo,
+    *,
+    max_text_chars: int,
+    max_elements: int = 2**20,
 ) -> InferRequest:
     """Parse and validate one ``POST /v2/models/{name}/infer`` body against the model."""
     if header_length is not None:
@@ -167,10 +225,18 @@ def parse_infer_request(
     params = request.get("parameters") or {}
     _expect(isinstance(params, dict), "'parameters' must be an object")
     request_id = request.get("id", "")
-    _expect(isinstance(request_id, str), "'id' must be a string")
+    _expect(
+        isinstance(request_id, str) and len(request_id) <= 256,
+        "'id' must be a string of at most 256 characters",
+    )
+    try:
+        request_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_request("'id' is not valid Unicode (an unpaired surrogate)") from None
 
     parsed: list[Tensor] = []
     offset = 0
+    elements = 0
     batch_sizes: set[int] = set()
     for item in inputs:
         _expect(isinstance(item, dict), "each input must be an object with name/shape/datatype")
@@ -218,6 +284,12 @@ def parse_infer_request(
             )
             batch_sizes.add(batch)
         numel = math.prod(shape)
+        elements += numel
+        _expect(
+            elements <= max_elements,
+            f"input {name!r}: the request holds more than {max_elements} elements; split it",
+            name,
+        )
         tparams = item.get("parameters") or {}
         _expect(isinstance(tparams, dict), f"input {name!r}: 'parameters' must be an object")
         size = tparams.get("binary_data_size")
@@ -231,7 +303,7 @@ def parse_infer_request(
             offset += size
         else:
             _expect("data" in item, f"input {name!r} has neither 'data' nor binary data", name)
-            flat = _from_json(name, datatype, item["data"], numel)
+            flat = _from_json(name, datatype, item["data"], numel, max_text_chars=max_text_chars)
         if flat.dtype.kind == "f" and flat.size and not np.isfinite(flat).all():
             raise bad_request(f"input {name!r} contains NaN or Inf", param=name)
         if datatype == "BYTES" and flat.size:
@@ -268,7 +340,8 @@ def parse_infer_request(
             )
         oparams = item.get("parameters") or {}
         outputs.append((name, bool(oparams.get("binary_data", binary_default))))
-    return InferRequest(request_id, parsed, outputs, binary_default)
+    batch = next(iter(batch_sizes), 1)
+    return InferRequest(request_id, parsed, outputs, binary_default, batch)
 
 
 def requested_outputs(request: InferRequest) -> list[grpcclient.InferRequestedOutput] | None:

@@ -24,12 +24,21 @@ LIMITED_KEY = "ts_limited-key-for-tests-0123456789ab"  # burst 6, no refill duri
 LIMITED_BURST = 6
 UNLIMITED_KEY = "ts_unlimited-key-for-load-tests-0123456789"  # load tests: no rate limit
 
+ALL = ["*"]  # a tenant lists its models: none listed is no model at all
 TENANTS = {
-    "alpha": TenantConfig(key_sha256=[hash_key(ALPHA_KEY)], rate_per_s=1000, burst=2000),
+    "alpha": TenantConfig(
+        key_sha256=[hash_key(ALPHA_KEY)], models=ALL, rate_per_s=1000, burst=2000
+    ),
     "beta": TenantConfig(key_sha256=[hash_key(BETA_KEY)], models=["driver_ranker"]),
-    "unlimited": TenantConfig(key_sha256=[hash_key(UNLIMITED_KEY)], rate_per_s=1e9, burst=10**9),
+    "unlimited": TenantConfig(
+        key_sha256=[hash_key(UNLIMITED_KEY)],
+        models=ALL,
+        rate_per_s=1e9,
+        burst=10**9,
+        max_inflight=10_000,
+    ),
     "limited": TenantConfig(
-        key_sha256=[hash_key(LIMITED_KEY)], rate_per_s=0.001, burst=LIMITED_BURST
+        key_sha256=[hash_key(LIMITED_KEY)], models=ALL, rate_per_s=0.001, burst=LIMITED_BURST
     ),
 }
 NO_SCORING = {"GATEWAY_SCORING_ENABLED": "false"}  # the scoring tests turn it on
@@ -46,11 +55,21 @@ def start_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartGat
     def start(
         triton_grpc_url: str,
         redis_url: str | None = None,
-        extra_env: dict[str, str] | None = None,
+        extra_env: dict[str, str | None] | None = None,
         **settings: object,
     ) -> GatewayProcess:
+        """``extra_env`` values of None leave that variable unset (e.g. to get a default)."""
         env = {**NO_SCORING, **{f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()}}
-        env.update(extra_env or {})
+        # production is the default; these test tenants and servers are development ones
+        env.setdefault("GATEWAY_ENVIRONMENT", "development")
+        # no background inference probes: tests count Triton's inferences exactly (the stub
+        # failure tests turn them on)
+        env.setdefault("GATEWAY_PROBE_INTERVAL_S", "0")
+        for name, value in (extra_env or {}).items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         process = gateway_process(
             tmp_path_factory.mktemp("gateway"),
             triton_grpc_url,
@@ -79,7 +98,8 @@ def gateway(
         triton=triton,
         redis=redis_server,
         tenants=TENANTS,
-        gateway_settings=NO_SCORING,
+        # no background inference probes: tests count Triton's inferences exactly
+        gateway_settings={**NO_SCORING, "GATEWAY_PROBE_INTERVAL_S": "0"},
     ) as stack:
         assert stack.gateway is not None
         yield stack.gateway

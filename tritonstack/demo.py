@@ -101,5 +101,6 @@ def run_demo(console: Console) -> int:
         )
     )
     if gateway is not None:  # unwrapped, so the commands copy and paste
-        console.print(curl_examples(gateway.url, key), soft_wrap=True, highlight=False)
+        examples = curl_examples(gateway.url, key, gateway.metrics or None)
+        console.print(examples, soft_wrap=True, highlight=False)
     return 0 if ok else 1

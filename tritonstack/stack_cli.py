@@ -45,7 +45,8 @@ def up(
     gateway = stack.read_service(settings, "gateway")
     if gateway is not None:
         console.print(f"gateway up (pid {gateway.pid}): {gateway.url}")
-        typer.echo(curl_examples(gateway.url, stack.dev_api_key(settings) or "<key>"))
+        key = stack.dev_api_key(settings) or "<key>"
+        typer.echo(curl_examples(gateway.url, key, gateway.metrics or None))
     console.print("supervised: a crashed service restarts on the same ports (`tritonstack status`)")
 
 

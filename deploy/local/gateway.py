@@ -68,6 +68,7 @@ class GatewayProcess(BackgroundProcess):
         tenants_file: Path | None = None,
         redis_url: str | None = None,
         port: int = 0,
+        metrics_port: int = 0,
         host: str = "127.0.0.1",
         python: str = sys.executable,
         settings: Mapping[str, str] | None = None,
@@ -76,10 +77,14 @@ class GatewayProcess(BackgroundProcess):
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
+        self.metrics_port = metrics_port or free_port(host)
+        while self.metrics_port == self.port:
+            self.metrics_port = free_port(host)
         env = dict(os.environ)  # the user's GATEWAY_* settings apply; these few are ours
         env.update(
             GATEWAY_HOST=host,
             GATEWAY_PORT=str(self.port),
+            GATEWAY_METRICS_PORT=str(self.metrics_port),
             GATEWAY_TRITON_GRPC_URL=triton_grpc_url,
         )
         if tenants_file is not None:
@@ -101,8 +106,13 @@ class GatewayProcess(BackgroundProcess):
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def metrics_url(self) -> str:
+        """Prometheus metrics: their own port, never the API's."""
+        return f"http://{self.host}:{self.metrics_port}/metrics"
 
-def curl_examples(url: str, key: str) -> str:
+
+def curl_examples(url: str, key: str, metrics_url: str | None = None) -> str:
     """Working requests against the local gateway, with the development key."""
     auth = f'-H "Authorization: Bearer {key}"'
     return "\n".join(
@@ -112,7 +122,7 @@ def curl_examples(url: str, key: str) -> str:
             f"  curl -s {auth} -H 'Content-Type: application/json' {url}/v1/embeddings \\",
             """    -d '{"input": ["hello world", "triton"], "model": "all-MiniLM-L6-v2"}'""",
             f"  curl -s {auth} {url}/v2/models/minilm",
-            f"  curl -s {url}/metrics | grep gateway_",
+            f"  curl -s {metrics_url or url + '/metrics'} | grep gateway_",
             f"  open {url}/docs  (OpenAPI)",
         ]
     )

@@ -55,7 +55,10 @@ def tenants_env(tenants: Mapping[str, TenantConfig]) -> dict[str, str]:
 def unlimited_tenant(name: str = "bench") -> tuple[str, dict[str, TenantConfig]]:
     """A fresh API key and the one tenant it opens, whom no load can rate-limit."""
     key = generate_key()
-    return key, {name: TenantConfig(key_sha256=[hash_key(key)], rate_per_s=1e6, burst=10**6)}
+    tenant = TenantConfig(
+        key_sha256=[hash_key(key)], models=["*"], rate_per_s=1e6, burst=10**6, max_inflight=10**6
+    )
+    return key, {name: tenant}
 
 
 def triton_server(
@@ -137,7 +140,8 @@ def local_stack(
                 triton.grpc_url,
                 redis_url=redis.url if redis is not None else None,
                 tenants=tenants,
-                settings=gateway_settings,
+                # a throwaway stack's tenants and servers are development ones
+                settings={"GATEWAY_ENVIRONMENT": "development", **(gateway_settings or {})},
                 host=settings.host,
             )
             started.enter_context(gateway)

@@ -23,11 +23,12 @@ def redis_binary() -> str:
 
 
 def redis_ping(host: str, port: int, timeout_s: float = 0.5) -> bool:
-    """True when a Redis server answers PING on ``host:port`` (no client library needed)."""
+    """True when a Redis server answers PING on ``host:port`` (no client library needed); a
+    server without anonymous access answers NOAUTH, which is an answer too."""
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as sock:
             sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -48,6 +49,7 @@ class RedisServer(BackgroundProcess):
         port: int = 0,
         host: str = "127.0.0.1",
         maxmemory: str = "256mb",
+        extra_args: list[str] | None = None,
         startup_timeout_s: float = 10.0,
         shutdown_timeout_s: float = 5.0,
     ) -> None:
@@ -65,6 +67,7 @@ class RedisServer(BackgroundProcess):
             "--dir", str(self.work_dir),
             "--maxmemory", maxmemory,
             "--maxmemory-policy", "allkeys-lru",
+            *(extra_args or []),  # e.g. ACL users: --user default off --user NAME on >PASSWORD
         ]  # fmt: skip
         super().__init__(
             command,

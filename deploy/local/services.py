@@ -67,8 +67,9 @@ def plan(settings: StackSettings, shm_prefix: str) -> dict[str, ServiceRecord]:
         )  # fmt: skip
     if settings.gateway:
         port = _port(settings.gateway_port, host, taken)
+        metrics = _port(settings.gateway_metrics_port, host, taken)  # /metrics: its own port
         records["gateway"] = ServiceRecord(
-            "gateway", host, {"http": port}, f"http://{host}:{port}",
+            "gateway", host, {"http": port, "metrics": metrics}, f"http://{host}:{port}",
             str(log_path(settings, "gateway")),
         )  # fmt: skip
     return records
@@ -169,6 +170,7 @@ def _gateway(
         tenants_file=tenants_file,
         redis_url=redis_url,
         port=record.ports["http"],
+        metrics_port=record.ports["metrics"],
         host=record.host,
         settings=env,
     )

@@ -28,6 +28,7 @@ class StackSettings(BaseSettings):
     metrics_port: int = Field(0, ge=0, le=65535)
     gateway: bool = Field(True, description="start the gateway beside Triton")
     gateway_port: int = Field(0, ge=0, le=65535)
+    gateway_metrics_port: int = Field(0, ge=0, le=65535, description="the gateway's /metrics")
     redis: bool = Field(True, description="start redis-server (False: in-process defaults)")
     redis_port: int = Field(0, ge=0, le=65535)
     response_cache_bytes: int = Field(

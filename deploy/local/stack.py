@@ -92,6 +92,7 @@ class ServiceState:
     url: str
     log: str
     started_unix: float
+    metrics: str = ""  # the gateway's /metrics (its own port)
 
     def alive(self) -> bool:
         return bool(self.pid) and bool(group_alive(self.pid))
@@ -134,7 +135,15 @@ def read_service(settings: StackSettings, name: str) -> ServiceState | None:
     record = state.services.get(name) if state is not None else None
     if record is None:
         return None
-    return ServiceState(record.pid or 0, record.url, record.log, record.started_unix or 0.0)
+    return ServiceState(
+        record.pid or 0, record.url, record.log, record.started_unix or 0.0, _metrics_url(record)
+    )
+
+
+def _metrics_url(record: ServiceRecord) -> str:
+    """The gateway's /metrics (a port of its own); empty for the other services."""
+    port = record.ports.get("metrics") if record.name == "gateway" else None
+    return f"http://{record.host}:{port}/metrics" if port else ""
 
 
 # -- up --------------------------------------------------------------------------------------------
@@ -381,7 +390,7 @@ def _service_status(settings: StackSettings, record: ServiceRecord, now: float) 
         entry.update(
             ready=alive and http_ok(f"{record.url}/readyz"),
             url=record.url,
-            metrics=f"{record.url}/metrics",
+            metrics=_metrics_url(record),
             docs=f"{record.url}/docs",
             dev_api_key=dev_api_key(settings),
         )

@@ -1,6 +1,8 @@
 """The Compose file checked offline: ``docker-compose config -q`` (its own schema) when the
 binary is there, and always the structure tritonstack relies on (health checks, the GPU
-reservation, ``depends_on`` conditions on services that exist and have health checks)."""
+reservation, ``depends_on`` conditions on services that exist and have health checks) and its
+exposure: host ports bound to 127.0.0.1 only, no Prometheus lifecycle API, no anonymous Redis,
+Triton's repository API behind the admin key."""
 
 from __future__ import annotations
 
@@ -74,6 +76,32 @@ def structure_problems(compose: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _command(service: dict[str, Any]) -> str:
+    command = service.get("command") or []
+    return command if isinstance(command, str) else " ".join(str(c) for c in command)
+
+
+def exposure_problems(compose: dict[str, Any]) -> list[str]:
+    """What the file would open to other hosts or to anyone on the Compose network."""
+    services: dict[str, Any] = compose.get("services") or {}
+    problems = []
+    for name, service in services.items():
+        for port in service.get("ports") or []:
+            text = str(port.get("host_ip", "") if isinstance(port, dict) else port)
+            if not text.startswith("127.0.0.1:") and text != "127.0.0.1":
+                problems.append(f"{name}: port {port!r} is published on every interface")
+        if "--web.enable-lifecycle" in _command(service):
+            problems.append(f"{name}: --web.enable-lifecycle lets anyone stop or reload it")
+    redis = _command(services.get("redis", {}))
+    if "--user default off" not in redis:
+        problems.append("redis: anonymous access (add --user default off and an ACL user)")
+    triton = _command(services.get("triton", {}))
+    for flag in ("--grpc-restricted-protocol=", "--http-restricted-api="):
+        if f"{flag}model-repository" not in triton:
+            problems.append(f"triton: the repository API is open (add {flag}model-repository:...)")
+    return problems
+
+
 def check_compose(path: Path) -> list[str]:
     try:
         compose = yaml.safe_load(path.read_text())
@@ -81,4 +109,4 @@ def check_compose(path: Path) -> list[str]:
         return [f"{path}: not YAML: {exc}"]
     if not isinstance(compose, dict):
         return [f"{path}: not a mapping"]
-    return compose_config_problems(path) + structure_problems(compose)
+    return compose_config_problems(path) + structure_problems(compose) + exposure_problems(compose)

@@ -7,10 +7,12 @@
   are skipped explicitly and their required fields checked here instead. A kind that is neither
   known to the schemas nor listed here is a problem, so nothing passes unchecked.
 * ``reference_problems`` checks what the API server would accept but the cluster would not run:
-  selectors that match no pod, named ports that do not exist, ConfigMaps that are not rendered,
-  images without a pinned tag; for an Indexed Job (batch scoring), that its workers setting
-  equals its completions and that the Triton address it scores against is a Service port,
-  found among the objects or in ``context`` (the overlay it runs beside).
+  selectors that match no pod, named ports that do not exist, ConfigMaps and Secrets that are
+  neither rendered nor created by the operator, images without a pinned tag; for an Indexed Job
+  (batch scoring), that its workers setting equals its completions and that the Triton address
+  it scores against is a Service port, found among the objects or in ``context`` (the overlay it
+  runs beside).
+* ``security_problems`` checks what the cluster would run but should not (``security.py``).
 
 Each check returns a list of problems (empty: fine) of the form ``Kind/name: what is wrong``.
 """
@@ -27,11 +29,12 @@ import kubernetes_validate
 import yaml
 
 from deploy.local.errors import DeployError, RuntimeMissingError
+from deploy.validate import security
 
 KUBERNETES_VERSION = "1.31.0"  # the oldest minor we support; schemas are in the wheel
 RENDER_TIMEOUT_S = 60.0
 # Secrets created by the operator, never rendered from git (deploy/README.md says how).
-EXTERNAL_SECRETS = frozenset({"gateway-tenants"})
+EXTERNAL_SECRETS = frozenset({"gateway-tenants", "triton-admin", "redis-auth"})
 
 Manifest = dict[str, Any]
 
@@ -183,6 +186,12 @@ def reference_problems(objects: list[Manifest], context: list[Manifest] | None =
             for mount in container.get("volumeMounts", []):
                 if mount["name"] not in volumes:
                     problems.append(f"{where}: mounts unknown volume {mount['name']!r}")
+            for env in container.get("env", []):
+                secret = env.get("valueFrom", {}).get("secretKeyRef", {}).get("name")
+                if secret and secret not in by_kind.get("Secret", {}) | dict.fromkeys(
+                    EXTERNAL_SECRETS
+                ):
+                    problems.append(f"{where}: Secret {secret!r} is neither rendered nor external")
         for volume in volumes.values():
             secret = volume.get("secret", {}).get("secretName")
             if secret and secret not in by_kind.get("Secret", {}) | dict.fromkeys(EXTERNAL_SECRETS):
@@ -297,4 +306,8 @@ def check_kustomization(
         objects = render(kustomization)
     except RenderError as exc:
         return [str(exc)]
-    return schema_problems(objects, version) + reference_problems(objects, context)
+    return (
+        schema_problems(objects, version)
+        + reference_problems(objects, context)
+        + security.security_problems(objects)
+    )

@@ -35,6 +35,14 @@ class RequestError(ValueError):
     """The request is malformed; its message goes back to the client."""
 
 
+def _error(message):
+    """An INVALID_ARG error (a 400 for HTTP clients, not a 502) where the backend has codes."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    if code is None:  # python backends before 23.10: INTERNAL is the only code
+        return pb_utils.TritonError(message)
+    return pb_utils.TritonError(message, code)
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -156,7 +164,7 @@ class TritonPythonModel:
                 good.append(self._read(request))
                 good_index.append(i)
             except RequestError as exc:
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+                responses[i] = pb_utils.InferenceResponse(error=_error(str(exc)))
         if good:
             try:
                 for i, response in zip(good_index, self._run(good), strict=True):

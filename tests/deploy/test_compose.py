@@ -50,7 +50,8 @@ def test_docker_compose_refuses_a_bad_condition(deploy_copy: Edit) -> None:
             "triton: no GPU reservation", id="no-gpu",
         ),
         pytest.param(
-            '      test: ["CMD", "redis-cli", "ping"]\n', "      disable: true\n",
+            '      test: ["CMD-SHELL", "REDISCLI_AUTH=$$(cat /run/secrets/redis_password) '
+            'redis-cli --user gateway ping | grep -q PONG"]\n', "      disable: true\n",
             "gateway: waits for redis to be healthy; it has no healthcheck", id="no-healthcheck",
         ),
         pytest.param(

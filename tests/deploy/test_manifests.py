@@ -86,7 +86,8 @@ def test_gateway_config_and_a_tenants_secret_start_a_production_gateway(
     objects = _render("gpu")
     config = next(o for n, o in objects.items() if n.startswith("ConfigMap/gateway-config"))
     env = dict(config["data"])
-    env.update({e["name"]: e["value"] for e in _container(objects, "gateway")["env"]})
+    for e in _container(objects, "gateway")["env"]:  # Secret references: a stand-in value
+        env[e["name"]] = e["value"] if "value" in e else f"from-{e['valueFrom']['secretKeyRef']}"
     fields = {f"GATEWAY_{name.upper()}" for name in GatewaySettings.model_fields}
     assert set(env) - fields == set(), "unknown GATEWAY_ variables"
 
@@ -98,7 +99,9 @@ def test_gateway_config_and_a_tenants_secret_start_a_production_gateway(
         monkeypatch.setenv(name, value)
     settings = GatewaySettings()
     assert settings.environment is Environment.production and settings.host == "0.0.0.0"
-    assert settings.redis_url == "redis://redis:6379/0"
+    assert settings.redis_url == "redis://redis:6379/0" and settings.redis_username == "gateway"
+    assert settings.redis_password is not None and settings.triton_admin_key is not None
+    assert settings.metrics_port != settings.port
 
     # and a development tenant is refused there, as it must be
     write_tenants(tenants, {"dev": TenantConfig(key_sha256=[hash_key(key)], development=True)})

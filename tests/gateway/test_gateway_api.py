@@ -276,7 +276,7 @@ def test_oversized_body_is_413(client: httpx.Client) -> None:
 
 
 # -- health and metrics ---------------------------------------------------------------------------
-def test_health_readiness_and_metrics(client: httpx.Client) -> None:
+def test_health_readiness_and_metrics(client: httpx.Client, gateway: GatewayProcess) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
@@ -289,7 +289,8 @@ def test_health_readiness_and_metrics(client: httpx.Client) -> None:
 
     client.post("/v1/embeddings", json={"input": "metrics", "model": "minilm"}, headers=AUTH)
     client.get("/v2/models/minilm", headers={"Authorization": "Bearer wrong"})
-    text = client.get("/metrics").text
+    assert client.get("/metrics", headers=AUTH).status_code == 404  # never on the API port
+    text = httpx.get(gateway.metrics_url).text  # its own port (GATEWAY_METRICS_PORT)
     assert 'gateway_request_duration_seconds_count{model="minilm",route="/v1/embeddings"' in text
     assert 'gateway_upstream_duration_seconds_count{model="minilm_text",outcome="ok"}' in text
     assert 'gateway_cache_requests_total{layer="redis",result="miss"}' in text

@@ -17,13 +17,15 @@ async def test_write_behind_is_read_back_at_once_and_lands_in_redis(
     redis_server: RedisServer,
 ) -> None:
     redis = Redis.from_url(redis_server.url)
-    cache = RedisCache(redis, ttl_s=30, prefix="test:wb:")
+    cache = RedisCache(redis, ttl_s=30, prefix="test:wb:", signing_key=b"k" * 32)
     value = CachedResponse(b"answer", "application/json")
     await cache.put("k", value)
     assert await cache.get("k") == value  # before or after the SET landed: the same answer
     await cache.drain(timeout_s=2)
     assert cache.pending("k") is None
-    assert await redis.get("test:wb:k") == value.encode()
+    stored = await redis.get("test:wb:k")  # sealed: an HMAC tag, then the entry
+    assert CachedResponse.unseal(stored, "test:wb:k", b"k" * 32) == value
+    assert await cache.get("k") == value  # read back from Redis
     assert 0 < await redis.ttl("test:wb:k") <= 30
     await redis.aclose()
 

@@ -143,6 +143,10 @@ def test_triton_down_is_503_fast_and_service_recovers(
                 time.sleep(0.2)
             assert r.status_code == 200, r.text
             assert time.monotonic() - back_at < 10
+            # /readyz reports the health monitor's last round (every GATEWAY_HEALTH_INTERVAL_S)
+            deadline = time.monotonic() + 3
+            while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.1)
             assert client.get("/readyz").status_code == 200
         finally:
             back.stop()

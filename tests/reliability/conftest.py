@@ -23,6 +23,9 @@ import aiohttp
 import numpy as np
 import pytest
 
+from gateway.tenants import TenantConfig, hash_key
+from tests.fixtures_gateway import TENANTS
+
 ROOT = Path(__file__).resolve().parents[2]
 _FIGURES: dict[str, dict[str, Any]] = {}
 _TIMINGS = (
@@ -30,6 +33,57 @@ _TIMINGS = (
     "`test_triton_killed_mid_load_fails_fast_and_recovers`'s time_to_recover_ms: from the "
     "moment the test started Triton again by hand (no supervisor there)."
 )
+
+# -- tenants of the attack scenarios (merged over the shared test tenants) -------------------------
+HONEST_KEY = "ts_honest-key-for-tests-0123456789abcdef"  # every model, no practical limit
+ATTACKER_KEY = "ts_attacker-key-for-tests-0123456789abcd"  # minilm only, no practical limit
+TINY_A_KEY = "ts_tiny-a-key-for-tests-0123456789abcdef"  # burst 2, no refill during a test
+TINY_B_KEY = "ts_tiny-b-key-for-tests-0123456789abcdef"  # the same, another bucket
+EXHAUSTED_KEY = "ts_exhausted-key-for-tests-0123456789ab"  # the attacker over its limit
+WEIGHTED_KEY = "ts_weighted-key-for-tests-0123456789abcd"  # burst 300 items, no refill
+NARROW_KEY = "ts_narrow-key-for-tests-0123456789abcdef"  # 2 requests in flight
+NOMODELS_KEY = "ts_nomodels-key-for-tests-0123456789abc"  # no `models` given
+SLOW = 0.001  # rate_per_s: one item per 1,000 s, so nothing refills during a test
+ATTACK_TENANTS = {
+    **TENANTS,
+    "honest": TenantConfig(
+        key_sha256=[hash_key(HONEST_KEY)], models=["*"], rate_per_s=1e9, burst=10**9,
+        max_inflight=10_000,
+    ),
+    "attacker": TenantConfig(
+        key_sha256=[hash_key(ATTACKER_KEY)], models=["minilm"], rate_per_s=1e9, burst=10**9,
+        max_inflight=10_000,
+    ),
+    "tiny_a": TenantConfig(key_sha256=[hash_key(TINY_A_KEY)], models=["*"], rate_per_s=SLOW,
+                           burst=2),
+    "tiny_b": TenantConfig(key_sha256=[hash_key(TINY_B_KEY)], models=["minilm"],
+                           rate_per_s=SLOW, burst=2),
+    "exhausted": TenantConfig(key_sha256=[hash_key(EXHAUSTED_KEY)], models=["*"],
+                              rate_per_s=SLOW, burst=2),
+    "weighted": TenantConfig(key_sha256=[hash_key(WEIGHTED_KEY)], models=["*"],
+                             rate_per_s=SLOW, burst=300),
+    "narrow": TenantConfig(key_sha256=[hash_key(NARROW_KEY)], models=["*"], rate_per_s=1e9,
+                           burst=10**9, max_inflight=2),
+    "nomodels": TenantConfig(key_sha256=[hash_key(NOMODELS_KEY)]),
+}  # fmt: skip
+ATTACK_TENANTS_JSON = json.dumps({name: t.model_dump() for name, t in ATTACK_TENANTS.items()})
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process' resident memory (``VmRSS``) or its high-water mark (``VmHWM``), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def reset_high_water_mark(pid: int) -> None:
+    """Start ``VmHWM`` afresh (``clear_refs`` 5, Linux 4.0+; the process must be ours)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -13,8 +14,9 @@ from pydantic import ValidationError
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
 from gateway.cache import CachedResponse, LocalCache, cache_key
-from gateway.errors import GatewayError
-from gateway.ratelimit import LocalRateLimiter, gcra
+from gateway.errors import GatewayError, sanitize
+from gateway.metrics import Metrics
+from gateway.ratelimit import Gate, LocalRateLimiter, gcra
 from gateway.settings import GatewaySettings
 from gateway.tenants import (
     Authenticator,
@@ -24,7 +26,7 @@ from gateway.tenants import (
     load_tenants,
     write_tenants,
 )
-from gateway.upstream import CircuitBreaker, ModelInfo, TensorInfo, map_triton_error
+from gateway.upstream import CircuitBreaker, ModelInfo, TensorInfo, Upstream, map_triton_error
 from gateway.v2 import HEADER_LENGTH, parse_infer_request
 
 
@@ -52,10 +54,11 @@ async def test_local_limiter_keys_are_independent() -> None:
 
 
 # -- caches -------------------------------------------------------------------------------------
-def test_cache_key_is_canonical_and_unambiguous() -> None:
-    assert cache_key("m", "1", b"ab", b"c") == cache_key("m", "1", b"ab", b"c")
-    assert cache_key("m", "1", b"ab", b"c") != cache_key("m", "1", b"a", b"bc")
-    assert cache_key("m", "1", b"x") != cache_key("m", "2", b"x")
+def test_cache_key_is_canonical_unambiguous_and_per_tenant() -> None:
+    assert cache_key("t", "m", "1", b"ab", b"c") == cache_key("t", "m", "1", b"ab", b"c")
+    assert cache_key("t", "m", "1", b"ab", b"c") != cache_key("t", "m", "1", b"a", b"bc")
+    assert cache_key("t", "m", "1", b"x") != cache_key("t", "m", "2", b"x")
+    assert cache_key("t", "m", "1", b"x") != cache_key("u", "m", "1", b"x")
 
 
 def test_cached_response_round_trip() -> None:
@@ -229,3 +232,115 @@ def test_circuit_breaker_opens_and_half_opens() -> None:
     assert breaker.allow() and not breaker.allow()  # one trial call only
     breaker.success()
     assert breaker.state == "closed" and breaker.allow()
+
+
+# -- hardening (issue 17): breaker trials, the rate-limit gate, sealed entries, sanitized text ---
+class _FakeTriton:
+    """``tritonclient.grpc.aio`` as far as ``Upstream`` uses it: ``infer`` answers when told."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.calls: list[str] = []
+
+    async def infer(self, model_name: str, *args: object, **kwargs: object) -> str:
+        self.calls.append(model_name)
+        if model_name == "slow":
+            await self.release.wait()
+        return "result"
+
+    async def is_server_ready(self, **kwargs: object) -> bool:
+        return True
+
+    async def is_model_ready(self, name: str, **kwargs: object) -> bool:
+        return True
+
+
+def _upstream(**settings: object) -> tuple[Upstream, _FakeTriton]:
+    config = GatewaySettings(
+        tenants={"t": TenantConfig(key_sha256=[hash_key("ts_" + "k" * 40)])}, **settings
+    )
+    upstream = Upstream(config, Metrics())
+    fake = _FakeTriton()
+    upstream._client = fake  # type: ignore[assignment]
+    return upstream, fake
+
+
+def _model(name: str) -> ModelInfo:
+    return ModelInfo(name=name, versions=["1"], max_batch_size=0, inputs=[], outputs=[])
+
+
+async def test_half_open_trial_is_freed_when_no_slot_was_free() -> None:
+    upstream, fake = _upstream(
+        max_inflight=1, inflight_wait_s=0.01, breaker_failures=1, breaker_cooldown_s=0.01
+    )
+    upstream.breaker("m").failure()  # open
+    slow = asyncio.ensure_future(upstream.infer(_model("slow"), []))  # holds the only slot
+    await asyncio.sleep(0.02)  # cooldown over: half-open
+    with pytest.raises(GatewayError) as refused:
+        await upstream.infer(_model("m"), [])  # takes the trial, finds no slot
+    assert refused.value.code == "gateway_overloaded"
+    fake.release.set()
+    await slow
+    assert await upstream.infer(_model("m"), []) == "result"  # the trial was not lost
+    assert upstream.breaker("m").state == "closed" and fake.calls == ["slow", "m"]
+
+
+async def test_health_calls_never_close_a_breaker_and_breakers_are_per_model() -> None:
+    upstream, _ = _upstream(breaker_failures=1, breaker_cooldown_s=60)
+    upstream.breaker("m").failure()
+    checks = await upstream.ready(["m"])
+    assert checks == {"triton": True, "model:m": True}
+    assert upstream.breaker("m").state == "open"  # an unauthenticated /readyz cannot reset it
+    assert upstream.breaker("other").state == "closed"
+    with pytest.raises(GatewayError, match="failed repeatedly"):
+        await upstream.infer(_model("m"), [])
+    assert await upstream.infer(_model("other"), []) == "result"
+
+
+def test_deadlines_do_not_count_as_unreachable() -> None:
+    deadline = map_triton_error(
+        InferenceServerException("x", status="StatusCode.DEADLINE_EXCEEDED")
+    )
+    dead = map_triton_error(
+        InferenceServerException(
+            "in ensemble 'e', Stub process 'e_tok_cpu_0' is not healthy.",
+            status="StatusCode.INTERNAL",
+        ),
+        "e",
+    )
+    assert (deadline.status, deadline.code) == (504, "upstream_timeout")
+    assert (dead.status, dead.code, dead.detail) == (503, "model_restarting", "e_tok_cpu_0")
+
+
+def test_gate_remembers_a_tenant_over_its_limit() -> None:
+    now = [100.0]
+    gate = Gate(clock=lambda: now[0])
+    tat = 0.0
+    for _ in range(2):
+        decision, tat = gcra(tat, now[0], rate=1.0, burst=2)
+        gate.learn("t", decision)
+    assert gate.blocked_for("t") == pytest.approx(1.0)  # the burst is spent: 1 s to the next
+    now[0] += 1.0
+    assert gate.blocked_for("t") == 0.0
+    decision, _ = gcra(0.0, now[0], rate=1.0, burst=300, cost=256)
+    assert decision.allowed and decision.remaining == 44
+
+
+def test_sealed_cache_entries_refuse_forgeries_and_garbage() -> None:
+    value = CachedResponse(b'{"ok":1}', "application/json")
+    sealed = value.seal("rc:k", b"s" * 32)
+    assert CachedResponse.unseal(sealed, "rc:k", b"s" * 32) == value
+    assert CachedResponse.unseal(sealed, "rc:other", b"s" * 32) is None  # moved to another key
+    assert CachedResponse.unseal(sealed, "rc:k", b"x" * 32) is None  # another signing key
+    html = CachedResponse(b"<script>", "text/html")
+    assert CachedResponse.unseal(html.seal("rc:k", b"s" * 32), "rc:k", b"s" * 32) is None
+    assert CachedResponse.unseal(b"\xff" * 40, "rc:k", b"s" * 32) is None
+    assert CachedResponse.decode(b"\xff\xff\xff\x7fgarbage") is None
+
+
+def test_internal_text_is_sanitized() -> None:
+    text = sanitize(
+        "Error 111 connecting to 10.0.3.7:6379 via redis://u:p@redis:6379/0 in /opt/x/y.py"
+    )
+    assert "10.0.3.7" not in text and "redis://" not in text and "/opt/x" not in text
+    assert sanitize("input[3] has 302 tokens") == "input[3] has 302 tokens"

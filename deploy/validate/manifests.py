@@ -309,5 +309,5 @@ def check_kustomization(
     return (
         schema_problems(objects, version)
         + reference_problems(objects, context)
-        + security.security_problems(objects)
+        + security.security_problems(objects, context)
     )

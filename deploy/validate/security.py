@@ -6,7 +6,9 @@ properties tritonstack relies on (each a ``Kind/name: problem`` line, empty list
   capabilities;
 * a Secret mounted as files is readable by the pod's user: its files are root-owned, so the
   pod's ``fsGroup`` with a group-readable ``defaultMode`` (or a world-readable mode) is needed;
-* NetworkPolicy: a namespace-wide default deny, and every workload opened by a policy of its own;
+* NetworkPolicy: a namespace-wide default deny, and every workload opened by a policy of its own
+  (a batch Job rendered beside an overlay: the overlay's default deny counts, and Triton's
+  policy must let the Job's pods in);
 * Triton: with a model-control mode that has a repository API, the API is restricted on gRPC
   and HTTP, with a key that is not written in the manifest;
 * Redis: no anonymous (``default``) user.
@@ -18,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 Manifest = dict[str, Any]
-_WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
+_WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 
 
 def _name(obj: Manifest) -> str:
@@ -62,8 +64,9 @@ def pod_problems(owner: Manifest) -> list[str]:
     return problems
 
 
-def network_problems(objects: list[Manifest]) -> list[str]:
-    policies = [o for o in objects if o.get("kind") == "NetworkPolicy"]
+def network_problems(objects: list[Manifest], context: list[Manifest] | None = None) -> list[str]:
+    """Default deny and a policy per workload of ``objects``; ``context``'s policies count."""
+    policies = [o for o in [*objects, *(context or [])] if o.get("kind") == "NetworkPolicy"]
     problems = []
     default_deny = [
         p for p in policies
@@ -82,7 +85,26 @@ def network_problems(objects: list[Manifest]) -> list[str]:
         ]  # fmt: skip
         if not own:
             problems.append(f"{_name(owner)}: no NetworkPolicy selects its pods")
+        if owner.get("kind") == "Job" and context and not _admitted_by_triton(policies, labels):
+            problems.append(
+                f"{_name(owner)}: no NetworkPolicy of Triton's pods lets this Job's pods in "
+                "(an ingress rule `from` a podSelector matching its labels)"
+            )
     return problems
+
+
+def _admitted_by_triton(policies: list[Manifest], labels: dict[str, str]) -> bool:
+    triton = {"app.kubernetes.io/name": "triton"}
+    for policy in policies:
+        selector = policy["spec"].get("podSelector", {}).get("matchLabels", {})
+        if not selector or not _labels_match(selector, triton):
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            for peer in rule.get("from", []):
+                wanted = peer.get("podSelector", {}).get("matchLabels", {})
+                if wanted and "namespaceSelector" not in peer and _labels_match(wanted, labels):
+                    return True
+    return False
 
 
 def _args(container: Manifest) -> list[str]:
@@ -119,7 +141,10 @@ def redis_problems(owner: Manifest, container: Manifest) -> list[str]:
     return []
 
 
-def security_problems(objects: Iterable[Manifest]) -> list[str]:
+def security_problems(
+    objects: Iterable[Manifest], context: list[Manifest] | None = None
+) -> list[str]:
+    """Every check on ``objects``; ``context``: the overlay a batch Job is applied beside."""
     objects = list(objects)
     problems: list[str] = []
     for owner in (o for o in objects if o.get("kind") in _WORKLOADS):
@@ -130,4 +155,4 @@ def security_problems(objects: Iterable[Manifest]) -> list[str]:
                 problems += triton_problems(owner, container)
             if any("redis-server" in a for a in args):
                 problems += redis_problems(owner, container)
-    return problems + network_problems(objects)
+    return problems + network_problems(objects, context)

@@ -79,6 +79,11 @@ def test_the_job_is_one_shard_range_per_completion_index(
                      "  backoffLimitPerIndx: 3", "backoffLimitPerIndx", id="schema"),
         pytest.param("k8s/jobs/batch/kustomization.yaml", "newTag: 0.1.0", "newTag: latest",
                      "has no pinned tag", id="image"),
+        pytest.param("k8s/jobs/batch/kustomization.yaml", "\n  - networkpolicy.yaml", "",
+                     "Job/batch-score: no NetworkPolicy selects its pods", id="own-policy"),
+        pytest.param("k8s/jobs/batch/batch-job.yaml", "readOnlyRootFilesystem: true",
+                     "readOnlyRootFilesystem: false", "readOnlyRootFilesystem must be true",
+                     id="read-only-root"),
     ],
 )  # fmt: skip
 def test_checks_fail_on_a_broken_job(
@@ -88,6 +93,19 @@ def test_checks_fail_on_a_broken_job(
     problems = manifests.check_kustomization(root / "k8s" / "jobs" / "batch",
                                              context=_gpu_overlay())  # fmt: skip
     assert any(expected in p for p in problems), problems
+
+
+def test_the_job_fails_where_tritons_policy_does_not_let_it_in(
+    kubectl: str, deploy_copy: Edit
+) -> None:
+    """Under the overlay's default deny, a Job whose pods Triton's NetworkPolicy does not admit
+    could not score a row: the overlay is rendered from the broken copy."""
+    root = deploy_copy(
+        "k8s/base/networkpolicies.yaml", "app.kubernetes.io/component: batch", "app: nobody"
+    )
+    context = manifests.render(root / "k8s" / "overlays" / "gpu")
+    problems = manifests.check_kustomization(root / "k8s" / "jobs" / "batch", context=context)
+    assert any("no NetworkPolicy of Triton's pods lets this Job's pods in" in p for p in problems)
 
 
 # -- the batch image ----------------------------------------------------------------------------

@@ -37,7 +37,7 @@ COMPANIONS = 192
 
 
 def _generated(spec: ModelSpec, seed: int, purpose: str) -> EvalSet:
-    rng = np.random.default_rng([seed, len(purpose)])
+    rng = np.random.default_rng([seed, 1 if purpose == "evaluation" else 2])
     length = min(GENERATED_LENGTH, spec.max_length)
     inputs = spec.sample_inputs(rng, GENERATED_ROWS, length)
     return EvalSet(
@@ -61,7 +61,7 @@ class Evidence:
         against: list[ReferenceCase] | None = None,
     ) -> None:  # fmt: skip
         self.spec, self.seed, self.sample_data = spec, seed, sample_data
-        if against is not None:
+        if against is not None:  # computed elsewhere: the cached property starts filled
             self.__dict__["against"] = against
         self.fp32_outputs: np.ndarray | None = None  # fp32 export on the evaluation rows
 

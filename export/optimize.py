@@ -94,10 +94,12 @@ def to_fp16(source: Path, target: Path, spec: ModelSpec) -> StepResult:
             model.save_model_to_file(str(target))
         else:
             from onnxruntime.transformers.float16 import convert_float_to_float16
+            from onnxruntime.transformers.onnx_model import OnnxModel
 
-            onnx.save(
-                convert_float_to_float16(onnx.load(str(source)), keep_io_types=True), str(target)
-            )
+            # the converter appends the input casts at the end of the graph: sort it again
+            model = OnnxModel(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True))
+            model.topological_sort()
+            model.save_model_to_file(str(target))
         return {"precision": "fp16", "keep_io_types": True}
 
     return convert("fp16", target, build)

@@ -246,9 +246,11 @@ def _variants(
         )
     elif len(passing) > 1 and measure_s > 0:
         started = time.perf_counter()
+        # with the ONNX Runtime threads the served config gives each instance (0: all cores)
         speeds = V.measure_side_by_side(
-            {r.variant.value: r.path for r in passing if r.path}, spec, (batch,), seconds=measure_s
-        )
+            {r.variant.value: r.path for r in passing if r.path}, spec, (batch,),
+            seconds=measure_s, threads=options.intra_op_threads,
+        )  # fmt: skip
         for r in passing:
             r.items_per_s = speeds[r.variant.value]
         result.steps.append(
@@ -260,6 +262,7 @@ def _variants(
                     "batch": batch,
                     "seconds_each": measure_s,
                     "rounds": 3,  # interleaved turns, median (load hits every variant alike)
+                    "intra_op_threads": options.intra_op_threads,
                     "length": 32,
                     "items_per_s": {r.variant.value: r.items_per_s[batch] for r in passing},
                 },

@@ -157,7 +157,7 @@ def to_int8_dynamic(source: Path, target: Path, spec: ModelSpec) -> StepResult:
         return {
             "precision": "int8",
             "quantization": "dynamic: per-channel int8 weights, activation scale per batch",
-            "quantized_nodes": _count(target, "DynamicQuantizeLinear"),
+            "quantized_nodes": _count(target, "MatMulInteger") + _count(target, "ConvInteger"),
         }
 
     return _skipped_when_nothing_quantized(convert("int8_dynamic", target, build), ("MatMul",))

@@ -311,6 +311,7 @@ def build_variants(
     measure_s: float = 1.0,
     batches: tuple[int, ...] = (1, 8, 32),
     time_rejected: bool = False,
+    threads: int = 0,
 ) -> list[VariantResult]:
     """Make, check and (``measure_s`` > 0) time each variant side by side: those that passed,
     and with ``time_rejected`` the rejected ones too (to show what they would have gained)."""
@@ -320,8 +321,9 @@ def build_variants(
     timed = [r for r in results if r.path is not None and (r.ok or (time_rejected and r.make.ok))]
     if timed and measure_s > 0:
         speeds = measure_side_by_side(
-            {r.variant.value: r.path for r in timed if r.path}, spec, batches, seconds=measure_s
-        )
+            {r.variant.value: r.path for r in timed if r.path}, spec, batches,
+            seconds=measure_s, threads=threads,
+        )  # fmt: skip
         for r in timed:
             r.items_per_s = speeds[r.variant.value]
     return results

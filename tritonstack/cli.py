@@ -228,13 +228,19 @@ def variants(
     save: Annotated[
         Path | None, typer.Option(help="directory for <date>-vm-variants.{json,md}")
     ] = None,
+    threads: Annotated[
+        int,
+        typer.Option(min=0, help="ONNX Runtime threads (1: as the tuned config serves; 0: all)"),
+    ] = 1,
 ) -> None:
     """Every variant of MiniLM (fp32, optimized, fp16, int8 blockwise / static / dynamic): parity
     with PyTorch, batch invariance, recall@10 against fp32, in-process speed."""
     from tritonstack.variants_report import run_variants
 
     build = StackSettings().home / "build" / "variants"
-    if not run_variants(console, build, fp16_min_cosine, int8_min_cosine, seconds, save):
+    if not run_variants(
+        console, build, fp16_min_cosine, int8_min_cosine, seconds, save, threads=threads
+    ):
         raise _fail(f"the fp32 export failed (see {build})")
 
 

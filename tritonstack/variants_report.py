@@ -5,6 +5,7 @@ one the export would serve. The rows come from ``export.variants_table``."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import date
 from pathlib import Path
 
@@ -27,9 +28,11 @@ def run_variants(
     int8_min_cosine: float,
     seconds: float,
     save: Path | None,
+    threads: int = 1,
 ) -> bool:
     """Export MiniLM afresh into ``out_dir``, then make, check and time every variant."""
     spec = minilm.load()
+    load_before = os.getloadavg()[0]
     budgets = Budgets(fp16=fp16_min_cosine, int8=int8_min_cosine)
     onnx_path = out_dir / "model.onnx"
     with console.status("exporting MiniLM (PyTorch -> ONNX)"):
@@ -38,7 +41,7 @@ def run_variants(
     with console.status("making, checking and timing variants (rejected ones too)"):
         results = build_variants(
             spec, onnx_path, out_dir, ALL, budgets=budgets, seed=0, measure_s=seconds,
-            batches=BATCHES, time_rejected=True,
+            batches=BATCHES, time_rejected=True, threads=threads,
         )  # fmt: skip
     rows = variants_table.rows(results)
     served = next((row["variant"] for row in rows if row["served"]), None)
@@ -56,7 +59,11 @@ def run_variants(
         return True
     save.mkdir(parents=True, exist_ok=True)
     stem = save / f"{date.today().isoformat()}-vm-variants"
-    machine = report.machine(shares="")
+    load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    shared = os.getloadavg()[0] > 1.5 or load_before > 1.5
+    machine = report.machine(
+        shares=f"{load}: measured while the machine was shared with other work" if shared else load
+    )
     evaluation = next((r.task.metrics for r in results if r.task), {})
     stem.with_suffix(".json").write_text(
         json.dumps({"machine": machine, "rows": rows, "chosen": served,
@@ -67,7 +74,8 @@ def run_variants(
         "# MiniLM variants: checks against PyTorch and fp32, in-process throughput",
         "",
         f"Machine: {machine}. Command: `tritonstack variants --save {save}`. ONNX Runtime CPU, "
-        f"sequence length 32, default threads, variants timed side by side (interleaved, "
+        f"sequence length 32, {threads or 'default'} intra-op thread(s), variants timed side by "
+        f"side (interleaved, "
         f"{seconds:g} s each per batch size). Parity on random inputs (seed 0); invariance: "
         "probes alone vs batched with other sentences and padded; recall@10 and spearman: "
         f"against fp32 on {evaluation.get('evaluation', '-')}.",

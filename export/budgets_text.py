@@ -19,8 +19,9 @@ _PARITY = {
 }
 
 
-def explain(task: Task, budgets: Budgets) -> list[str]:
-    """One sentence per budget a variant of a ``task`` model is held to."""
+def explain(task: Task, budgets: Budgets, evaluation: str | None = None) -> list[str]:
+    """One sentence per budget a variant of a ``task`` model is held to (``evaluation``: what
+    the task metrics were measured on, when known)."""
     fp32 = budgets.of(Variant.FP32, task)
     fp16, int8 = budgets.of(Variant.FP16, task), budgets.of(Variant.INT8, task)
 
@@ -43,11 +44,11 @@ def explain(task: Task, budgets: Budgets) -> list[str]:
         "otherwise one caller's answer would depend on who else called at the same time.",
     ]
     t = budgets.task
-    on_real = (
-        "On real inputs (the model's evaluation set: for MiniLM 1,200 sentences from the "
-        "Python standard library's docstrings; else --sample-data; else generated inputs), "
-        "against the fp32 export: "
+    where = evaluation or (
+        "the model's evaluation set: for MiniLM 1,200 sentences from the Python standard "
+        "library's docstrings; else --sample-data; else generated inputs"
     )
+    on_real = f"On real inputs ({where}), against the fp32 export: "
     if task is Task.EMBEDDING:
         found.append(
             on_real + f"of each text's 10 nearest neighbours under fp32, on average at least "

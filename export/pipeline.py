@@ -168,7 +168,6 @@ def export_model(
         "versions": versions(),
         "seed": seed,
         "accuracy_budgets": budgets.as_dict(spec.task),
-        "budgets_in_words": explain(spec.task, budgets),
         "config": to_text(config),
     }
     if step.ok:
@@ -188,6 +187,8 @@ def export_model(
             serve=serve,
         )
     report["variants"] = [r.as_dict() for r in result.variants]
+    evaluated = next((r.task.metrics for r in result.variants if r.task), {})
+    report["budgets_in_words"] = explain(spec.task, budgets, evaluated.get("evaluation"))
     if result.failure is None and result.served is not None and result.served.path is not None:
         _install(result, spec, repository, config, version, report, options)
         if spec.tokenizer is not None and result.version_dir is not None:

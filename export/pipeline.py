@@ -61,7 +61,7 @@ class ExportResult:
 
 
 # The random parity inputs are drawn from a fixed seed unless told otherwise: a budget near a
-# variant's accuracy (MiniLM int8: min cosine 0.970-0.983 over seeds 0-5 vs 0.97) would
+# variant's accuracy (MiniLM's dynamic int8: min cosine 0.970-0.983 over seeds 0-5 vs 0.97) would
 # otherwise flip the served variant, and the version, from one export to the next.
 DEFAULT_SEED = 0
 ESSENTIAL = ("torch2onnx", "verify", "invariance_fp32", "choose", "install", "text_pipeline")

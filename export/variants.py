@@ -261,15 +261,6 @@ def make_and_check(
     return results
 
 
-def measure(
-    path: Path, spec: ModelSpec, batches: tuple[int, ...] = (1, 8, 32), *, length: int = 32,
-    seconds: float = 1.0, threads: int = 0,
-) -> dict[int, float]:  # fmt: skip
-    """In-process items/s per batch size (ONNX Runtime CPU, no server)."""
-    return measure_side_by_side({"one": path}, spec, batches, length=length, seconds=seconds,
-                                threads=threads, rounds=1)["one"]  # fmt: skip
-
-
 def measure_side_by_side(
     paths: dict[str, Path], spec: ModelSpec, batches: tuple[int, ...] = (1, 8, 32), *,
     length: int = 32, seconds: float = 1.0, threads: int = 0, rounds: int = 3,

@@ -1,5 +1,5 @@
 """Step: ONNX -> optimized ONNX (ONNX Runtime graph optimization, transformer fusion where it
-applies), and the reduced-precision conversions that build on it (fp16, int8).
+applies), and half precision (fp16). The int8 conversions are in ``export/quantize.py``.
 
 - Models whose spec names an optimizer family (``spec.optimizer``, e.g. BERT with its head
   count and hidden size) go through ``onnxruntime.transformers.optimizer``: attention,
@@ -9,15 +9,12 @@ applies), and the reduced-precision conversions that build on it (fp16, int8).
   fusions; level ``extended``, which stays portable across CPU execution providers).
 - fp16: half-precision weights and activations with fp32 at the edges (``keep_io_types``), so
   the served signature does not change.
-- int8: dynamic quantization with **per-channel** weight scales (per tensor lost too much on
-  MiniLM: min cosine 0.82, see PLATFORM.md).
 
 Each function returns a :class:`StepResult` and writes it as ``<artefact>.report.json``.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +27,8 @@ from export.spec import ModelSpec
 from export.status import Status, StepResult
 
 
-def _run(step: str, target: Path, build: Callable[[], dict[str, Any]]) -> StepResult:
+def convert(step: str, target: Path, build: Callable[[], dict[str, Any]]) -> StepResult:
+    """Run ``build`` (it writes ``target``), check the ONNX it wrote, report beside it."""
     started = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -51,7 +49,7 @@ def _run(step: str, target: Path, build: Callable[[], dict[str, Any]]) -> StepRe
     return result
 
 
-def _transformer(source: Path, spec: ModelSpec) -> Any:
+def _transformer(source: Path, spec: ModelSpec) -> Any:  # ORT's OnnxModel (untyped)
     from onnxruntime.transformers.optimizer import optimize_model
 
     hints = spec.optimizer
@@ -84,7 +82,7 @@ def optimize_onnx(source: Path, target: Path, spec: ModelSpec) -> StepResult:
         after = len(onnx.load(str(target)).graph.node)
         return {"optimizer": "onnxruntime graph optimization (extended)", "nodes": [before, after]}
 
-    return _run("optimize", target, build)
+    return convert("optimize", target, build)
 
 
 def to_fp16(source: Path, target: Path, spec: ModelSpec) -> StepResult:
@@ -97,30 +95,12 @@ def to_fp16(source: Path, target: Path, spec: ModelSpec) -> StepResult:
             model.save_model_to_file(str(target))
         else:
             from onnxruntime.transformers.float16 import convert_float_to_float16
+            from onnxruntime.transformers.onnx_model import OnnxModel
 
-            onnx.save(
-                convert_float_to_float16(onnx.load(str(source)), keep_io_types=True), str(target)
-            )
+            # the converter appends the input casts at the end of the graph: sort it again
+            model = OnnxModel(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True))
+            model.topological_sort()
+            model.save_model_to_file(str(target))
         return {"precision": "fp16", "keep_io_types": True}
 
-    return _run("fp16", target, build)
-
-
-def to_int8(source: Path, target: Path, spec: ModelSpec) -> StepResult:
-    """Dynamic int8 quantization, per-channel weight scales."""
-    del spec  # one recipe for every model
-
-    def build() -> dict[str, Any]:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        # it logs a "consider pre-processing" advice on the root logger for every model
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)
-        try:
-            quantize_dynamic(source, target, per_channel=True, weight_type=QuantType.QInt8)
-        finally:
-            root.setLevel(level)
-        return {"precision": "int8", "quantization": "dynamic, per channel, QInt8 weights"}
-
-    return _run("int8", target, build)
+    return convert("fp16", target, build)

@@ -20,6 +20,21 @@ TRITON_TYPES: dict[str, tuple[str, str]] = {
 }
 
 SampleFn = Callable[[np.random.Generator, int, int], dict[str, np.ndarray]]
+Row = dict[str, np.ndarray]  # one example: every input with a batch axis of 1, unpadded
+
+
+@dataclass
+class EvalSet:
+    """Real inputs of a model, one :data:`Row` each, and their labels where the task has some.
+
+    Used to calibrate static int8 (activation ranges) and to measure the task metrics of each
+    variant against fp32 (neighbour agreement of embeddings, AUC of a ranker).
+    """
+
+    description: str  # what the rows are, in words, for the report
+    rows: list[Row]
+    labels: np.ndarray | None = None
+    fingerprint: str = ""  # identifies the rows (same fingerprint, same rows)
 
 
 class Task(enum.StrEnum):
@@ -87,6 +102,16 @@ class ModelSpec:
     # "hidden_size": 384}; empty: generic graph optimization only
     optimizer: dict[str, str | int] = field(default_factory=dict)
     tokenizer: Path | None = None  # a tokenizer.json: the export also writes the text ensemble
+    # real inputs (made on demand: they may parse or tokenize a corpus). ``evaluation``: the
+    # task metrics of every variant against fp32; ``calibration``: static int8's activation
+    # ranges. None: the user's --sample-data, else inputs drawn from ``sample_inputs``.
+    evaluation: Callable[[], EvalSet] | None = None
+    calibration: Callable[[], EvalSet] | None = None
+
+    @property
+    def ragged_inputs(self) -> tuple[str, ...]:
+        """Inputs the python backend right-pads with 0 when it batches requests together."""
+        return tuple(t.name for t in self.inputs if self.ragged and -1 in t.shape)
 
     def torch_outputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run the PyTorch reference on numpy inputs."""

@@ -6,6 +6,11 @@ profile follows the Triton config: batch 1 .. ``max_batch_size`` (optimum: the l
 preferred batch size) and each dynamic axis 1 .. ``spec.max_length``. What can be checked
 without TensorRT (the profile, the ``trtexec`` equivalent, the ``tensorrt_plan`` config) is
 tested here; the build itself runs only on a GPU host with TensorRT (NVIDIA's images).
+
+An engine is held to the same checks as every ONNX variant before it may be served
+(:data:`WILL_CHECK`, with the export's budgets, recorded in the step's report whether it ran or
+was SKIPPED). No machine of ours has TensorRT's runtime, so the engine is kept in the build
+directory and never installed until those checks run.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -26,6 +32,17 @@ from export.status import Status, StepResult
 
 STEP = "onnx2tensorrt"
 PLAN_FILE = "model.plan"
+WILL_CHECK = (
+    "parity: the engine's outputs on this export's PyTorch reference cases, within the fp16 "
+    "budget in the task's metric (budgets.parity.fp16)",
+    "batch invariance: the invariance probes alone, in batches of 8 with other companions and "
+    "padded (mask 0), moving by at most budgets.invariance_max_rel_l2; TensorRT picks kernels "
+    "per shape, so at several batch sizes of the optimization profile (1, the optimum, the max)",
+    "task metrics: the evaluation set through the engine against the fp32 ONNX outputs "
+    "(embeddings: recall@10 and similarity Spearman; rankers: AUC delta; classifiers: top-1) "
+    "within budgets.task",
+    "install only after all three pass: until then the engine stays in the build directory",
+)
 
 
 @dataclass(frozen=True)
@@ -117,13 +134,21 @@ def build_engine(
     *,
     fp16: bool = True,
     timing_cache: Path | None = None,
+    budgets: dict[str, Any] | None = None,
 ) -> StepResult:
-    """Build ``out_dir/model.plan`` (FP16, one profile, a reusable timing cache) or say why not."""
+    """Build ``out_dir/model.plan`` (FP16, one profile, a reusable timing cache) or say why not.
+
+    Either way the report records what the engine will be checked against (``budgets``: the
+    export's, as in ``report.json``) before it may be served.
+    """
     ok, reason = availability()
     profile = optimization_profile(spec, options)
     shapes = {name: dataclasses.asdict(r) for name, r in profile.items()}
+    will_check = {"checks": list(WILL_CHECK), "budgets": budgets or {}, "checked": False}
     if not ok:
-        return StepResult(STEP, Status.SKIPPED, reason, metrics={"profile": shapes})
+        return StepResult(
+            STEP, Status.SKIPPED, reason, metrics={"profile": shapes, "will_check": will_check}
+        )
     started = time.perf_counter()
     import tensorrt as trt  # only where it exists
 
@@ -153,7 +178,7 @@ def build_engine(
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     metrics = {
         "tensorrt": trt.__version__, **gpu_identity(), "fp16": fp16, "profile": shapes,
-        "bytes": plan.stat().st_size,
+        "bytes": plan.stat().st_size, "will_check": will_check,
     }  # fmt: skip
     return StepResult(STEP, Status.OK, artefact=plan, metrics=metrics,
                       duration_s=time.perf_counter() - started)  # fmt: skip

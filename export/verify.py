@@ -111,6 +111,21 @@ def fresh_seed() -> int:
     return int(np.random.SeedSequence().entropy % 2**32)  # type: ignore[operator]
 
 
+def parity_inputs(
+    spec: ModelSpec, *, seed: int, cases: list[ParityCase] | None = None
+) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """The random parity inputs of ``seed``: (label, inputs) per case, as :func:`reference`
+    draws them (so a test can send exactly what an export was verified on)."""
+    rng = np.random.default_rng(seed)
+    return [
+        (
+            f"random b={case.batch} len={case.length}",
+            spec.sample_inputs(rng, case.batch, case.length),
+        )
+        for case in cases or default_cases(spec.max_length)
+    ]
+
+
 def reference(
     spec: ModelSpec,
     *,
@@ -119,15 +134,10 @@ def reference(
     sample_data: dict[str, np.ndarray] | None = None,
 ) -> list[ReferenceCase]:
     """PyTorch outputs on fresh random inputs (``seed``) and on the user's sample data."""
-    rng = np.random.default_rng(seed)
-    found = []
-    for case in cases or default_cases(spec.max_length):
-        inputs = spec.sample_inputs(rng, case.batch, case.length)
-        found.append(
-            ReferenceCase(
-                f"random b={case.batch} len={case.length}", inputs, spec.torch_outputs(inputs)
-            )
-        )
+    found = [
+        ReferenceCase(label, inputs, spec.torch_outputs(inputs))
+        for label, inputs in parity_inputs(spec, seed=seed, cases=cases)
+    ]
     if sample_data:
         missing = [t.name for t in spec.inputs if t.name not in sample_data]
         if missing:

@@ -62,12 +62,12 @@ def export(
     variants: Annotated[
         str,
         typer.Option(
-            help="auto (cpu: fp32,optimized,int8; gpu: fp32,optimized,fp16), all, "
-            "or a list such as fp32,int8"
+            help="auto (cpu: fp32,optimized,int8_blockwise,int8; gpu: fp32,optimized,fp16), "
+            "all (adds fp16 and int8_dynamic), or a list such as fp32,int8"
         ),
     ] = "auto",
     serve: Annotated[
-        str | None, typer.Option(help="serve this variant (it must pass its budget)")
+        str | None, typer.Option(help="serve this variant (it must pass every check)")
     ] = None,
     budget: Annotated[float, typer.Option(help="fp32 budget: max relative L2 error")] = 1e-4,
     fp16_budget: Annotated[
@@ -84,6 +84,14 @@ def export(
             "0.95 / rel L2 5e-2)"
         ),
     ] = None,
+    min_recall_at_10: Annotated[
+        float,
+        typer.Option(min=0, max=1, help="embeddings: neighbour agreement with fp32 on real inputs"),
+    ] = 0.95,
+    max_auc_delta: Annotated[
+        float,
+        typer.Option(min=0, help="rankers with yes/no labels: |AUC - AUC(fp32)| on real inputs"),
+    ] = 0.005,
     seed: Annotated[
         int | None,
         typer.Option(
@@ -110,6 +118,7 @@ def export(
     from export.options import serving_options, spec_from_options
     from export.pipeline import export_model
     from export.spec import Task
+    from export.task_metrics import TaskBudgets
     from export.variants import Budgets, Variant, parse_variants
     from tritonstack.export_report import render_export
 
@@ -141,7 +150,12 @@ def export(
             build_dir=settings.home / "build" / spec.name,
             version=version,
             options=options,
-            budgets=Budgets(rel_l2=budget, fp16=fp16_budget, int8=int8_budget),
+            budgets=Budgets(
+                rel_l2=budget,
+                fp16=fp16_budget,
+                int8=int8_budget,
+                task=TaskBudgets(recall_at_10=min_recall_at_10, auc_delta=max_auc_delta),
+            ),
             variants=wanted,
             serve=forced,
             seed=seed,
@@ -159,15 +173,23 @@ def export(
 
 def variants(
     fp16_min_cosine: Annotated[float, typer.Option(help="fp16 budget")] = 0.999,
-    int8_min_cosine: Annotated[float, typer.Option(help="int8 (per-channel) budget")] = 0.97,
+    int8_min_cosine: Annotated[float, typer.Option(help="every int8's cosine budget")] = 0.97,
     seconds: Annotated[float, typer.Option(help="timing per batch size")] = 2.0,
     save: Annotated[
         Path | None, typer.Option(help="directory for <date>-vm-variants.{json,md}")
     ] = None,
+    threads: Annotated[
+        int,
+        typer.Option(min=0, help="ONNX Runtime threads (1: as the tuned config serves; 0: all)"),
+    ] = 1,
 ) -> None:
-    """fp32 / optimized / fp16 / int8 variants of MiniLM: accuracy vs PyTorch, in-process speed."""
+    """Every variant of MiniLM (fp32, optimized, fp16, int8 blockwise / static / dynamic): parity
+    with PyTorch, batch invariance, recall@10 against fp32, in-process speed."""
     from benchmarks.variants_report import run_variants
 
     build = StackSettings().home / "build" / "variants"
-    if not run_variants(console, build, fp16_min_cosine, int8_min_cosine, seconds, save):
+    ok = run_variants(
+        console, build, fp16_min_cosine, int8_min_cosine, seconds, save, threads=threads
+    )
+    if not ok:
         raise fail(f"the fp32 export failed (see {build})")

@@ -8,12 +8,13 @@ the module, so the served graph takes raw feature values.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from export.spec import ModelSpec, SampleFn, TensorSpec
+from export.spec import EvalSet, ModelSpec, SampleFn, TensorSpec
 
 NAME = "driver_ranker"
 
@@ -62,6 +63,17 @@ def feature_sampler(feature_names: Sequence[str]) -> SampleFn:
         return {"features": np.stack(columns, axis=1)}
 
     return sample
+
+
+def feature_rows(x: np.ndarray, labels: np.ndarray | None, description: str) -> EvalSet:
+    """Feature rows (raw values, model order) as an evaluation or calibration set."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return EvalSet(
+        description,
+        [{"features": x[i : i + 1]} for i in range(len(x))],
+        labels=labels,
+        fingerprint=hashlib.sha256(x.tobytes()).hexdigest()[:16],
+    )
 
 
 def load(module: DriverRanker | None, feature_names: Sequence[str]) -> ModelSpec:

@@ -5,10 +5,16 @@ pooling and L2 normalisation, so Triton returns the same vectors as
 ``SentenceTransformer.encode(..., normalize_embeddings=True)``. Two imports are deferred on
 purpose: the weights' package after ``HF_HUB_OFFLINE`` is set, and ``transformers`` (seconds)
 only where the real model is built (``load(module=...)`` gives the signature without it).
+
+Its real inputs come from ``export/corpus.py`` (standard-library docstring sentences, no
+download), tokenized with the model's own tokenizer: the first 1,200 sentences are the
+evaluation set (neighbour agreement of each variant with fp32), the next 128, disjoint,
+calibrate static int8.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -17,10 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from export.spec import ModelSpec, SampleFn, Task, TensorSpec
+from export import corpus
+from export.spec import EvalSet, ModelSpec, Row, SampleFn, Task, TensorSpec
 
 NAME = "minilm"
 EMBEDDING_DIM = 384
+EVALUATION_SENTENCES = 1200
+CALIBRATION_SENTENCES = 128
 
 
 def model_path() -> Path:
@@ -79,6 +88,37 @@ def token_sampler(
     return sample
 
 
+def text_rows(tokenizer_json: Path, texts: list[str], max_length: int) -> list[Row]:
+    """One unpadded row per text, as the text pipeline's tokenizer makes them."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_json))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length)
+    rows = []
+    for encoding in tokenizer.encode_batch(texts):
+        ids = np.asarray([encoding.ids], dtype=np.int64)
+        rows.append(
+            {
+                "input_ids": ids,
+                "attention_mask": np.ones_like(ids),
+                "token_type_ids": np.zeros_like(ids),
+            }
+        )
+    return rows
+
+
+def corpus_set(tokenizer_json: Path, count: int, offset: int = 0, max_length: int = 256) -> EvalSet:
+    """``count`` standard-library docstring sentences from ``offset``, tokenized."""
+    texts = corpus.take(count, offset)
+    return EvalSet(
+        f"{count} sentences from the Python standard library's docstrings (corpus offset "
+        f"{offset}, export/corpus.py)",
+        text_rows(tokenizer_json, texts, max_length),
+        fingerprint=corpus.fingerprint(texts),
+    )
+
+
 def load(module: torch.nn.Module | None = None, path: Path | None = None) -> ModelSpec:
     """The export spec of all-MiniLM-L6-v2 (``module`` overrides the PyTorch model, for tests;
     ``path`` a folder holding its ``config.json`` and ``sentence_bert_config.json``, by default
@@ -93,6 +133,8 @@ def load(module: torch.nn.Module | None = None, path: Path | None = None) -> Mod
         module = SentenceEmbedder(encoder)
     module.eval()
     seq = ("sequence",)
+    max_length = int(st_config.get("max_seq_length", 256))
+    tokenizer_json = path / "tokenizer.json"
     return ModelSpec(
         name=NAME,
         module=module,
@@ -103,10 +145,10 @@ def load(module: torch.nn.Module | None = None, path: Path | None = None) -> Mod
         ],
         outputs=[TensorSpec("sentence_embedding", "float32", (EMBEDDING_DIM,))],
         sample_inputs=token_sampler(int(config["vocab_size"])),
-        max_length=int(st_config.get("max_seq_length", 256)),
+        max_length=max_length,
         ragged=True,
         parameters={
-            "max_sequence_length": str(st_config.get("max_seq_length", 256)),
+            "max_sequence_length": str(max_length),
             "vocab_size": str(config["vocab_size"]),
         },
         extra_files={"tokenizer.json": path / "tokenizer.json"},
@@ -117,5 +159,11 @@ def load(module: torch.nn.Module | None = None, path: Path | None = None) -> Mod
             "num_heads": int(config["num_attention_heads"]),
             "hidden_size": int(config["hidden_size"]),
         },
-        tokenizer=path / "tokenizer.json",
+        tokenizer=tokenizer_json,
+        evaluation=functools.partial(
+            corpus_set, tokenizer_json, EVALUATION_SENTENCES, max_length=max_length
+        ),
+        calibration=functools.partial(
+            corpus_set, tokenizer_json, CALIBRATION_SENTENCES, EVALUATION_SENTENCES, max_length
+        ),
     )

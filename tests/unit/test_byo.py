@@ -202,8 +202,17 @@ def test_gpu_target_reports_tensorrt_and_timing_skipped(tmp_path: Path) -> None:
     assert result.ok
     steps = {s.step: s for s in result.steps}
     assert steps["measure"].status is Status.SKIPPED and "GPU" in steps["measure"].reason
+    # fp16 goes through the same checks as every variant (generated evaluation rows here)
+    for check in ("verify_fp16", "invariance_fp16", "task_fp16"):
+        assert steps[check].status is Status.OK, steps[check].reason
+    assert steps["invariance_fp16"].metrics["max_rel_l2"] <= 1e-5
+    assert steps["task_fp16"].metrics["spearman"] >= 0.99  # a regressor without labels
     trt = steps["onnx2tensorrt"]
     assert trt.status is Status.SKIPPED and trt.reason  # no TensorRT here: says why
     assert tuple(trt.metrics["profile"]["x"]["max"]) == (32, 6)
+    will = trt.metrics["will_check"]  # what the engine must pass before it is ever served
+    assert will["checked"] is False and len(will["checks"]) == 4
+    assert will["budgets"]["parity"]["fp16"]["threshold"] == 1e-2
+    assert will["budgets"]["invariance_max_rel_l2"] == 1e-5
     config = (tmp_path / "repo" / "mlp" / "config.pbtxt").read_text()
     assert 'platform: "onnxruntime_onnx"' in config and "KIND_GPU" in config

@@ -273,7 +273,7 @@ def test_the_check_on_a_cuda_gpu(staged: carry.Stage, tmp_path: Path) -> None:
 
 
 # what the lent machine's python3 has (device README, KINDS.md's package list), by import name
-# what the lent image has (/work/.library/device/KINDS.md); scipy: export.variants' task metrics
+# what the lent GPU image has (its package list); scipy: export.variants' task metrics
 DEVICE_PACKAGES = {"torch", "numpy", "onnx", "onnxruntime", "tokenizers", "transformers",
                    "safetensors", "rich", "scipy", "triton_python_backend_utils"}  # fmt: skip
 DEVICE_SIDE = ("check", "steps", "triton_model")

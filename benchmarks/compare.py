@@ -351,7 +351,7 @@ def run(
             for system in systems:
                 if system == "gateway-miss" and "triton-grpc" in systems:
                     continue  # measured with triton-grpc (one start of the stack)
-                console.print(f"[bold]repeat {repeat}: {system}[/]")
+                console.print(f"repeat {repeat}: {system}", style="bold", markup=False)
                 load = Load(levels, repeat, seconds, warmup_s, samples, reference)
                 started = time.perf_counter()
                 if system in PEERS:

@@ -114,5 +114,7 @@ def curl_examples(url: str, key: str) -> str:
             f"  curl -s {auth} {url}/v2/models/minilm",
             f"  curl -s {url}/metrics | grep gateway_",
             f"  open {url}/docs  (OpenAPI)",
+            "the README's examples read the URL and key from the environment:",
+            '  eval "$(.venv/bin/tritonstack status --env)"  # TRITONSTACK_URL, TRITONSTACK_KEY',
         ]
     )

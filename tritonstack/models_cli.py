@@ -17,7 +17,7 @@ from tritonstack.console import console, fail
 
 def models_table(rows: list[dict[str, Any]], title: str = "models") -> Table:
     """One row per model: served versions, Triton's state, the served variant, on disk."""
-    table = Table(title=title)
+    table = Table(title=title or None)
     for column in ("model", "served", "state", "variant", "on disk", "note"):
         table.add_column(column)
     for row in rows:

@@ -141,8 +141,8 @@ def _print_status(info: dict[str, Any]) -> None:
         )
     console.print(table)
     if info["models"]:
-        repository = info["triton"]["model_repository"]
-        console.print(models_table(info["models"], f"models ({repository})"))
+        console.print(f"models of {info['triton']['model_repository']}:", highlight=False)
+        console.print(models_table(info["models"], ""))
     gateway = info["gateway"]
     if gateway is not None and gateway.get("dev_api_key"):
         console.print(f"dev API key: {gateway['dev_api_key']}  (docs: {gateway['docs']})")

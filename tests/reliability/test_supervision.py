@@ -26,12 +26,13 @@ from typing import Any
 import pytest
 
 from deploy.local import stack
+from deploy.local.harness import tenants_env
 from deploy.local.process import group_members, pid_running
 from deploy.local.runtime import TritonRuntime
 from deploy.local.settings import StackSettings
 from deploy.local.state import ServiceRecord, process_cmdline
 from deploy.local.triton import shm_regions
-from tests.fixtures_gateway import TENANTS_JSON, UNLIMITED_KEY
+from tests.fixtures_gateway import TENANTS, UNLIMITED_KEY
 from tests.reliability.conftest import Outcome, drive, summarize
 
 pytestmark = pytest.mark.integration
@@ -72,7 +73,8 @@ def supervised(
         startup_timeout_s=120, shutdown_timeout_s=15,
     )  # fmt: skip
     with pytest.MonkeyPatch.context() as env:  # the supervisor passes these to the gateway
-        env.setenv("GATEWAY_TENANTS", TENANTS_JSON)  # a tenant that load cannot rate-limit
+        for name, value in tenants_env(TENANTS).items():  # a tenant load cannot rate-limit
+            env.setenv(name, value)
         env.setenv("GATEWAY_SCORING_ENABLED", "false")
         stack.up(settings)
     gateway = stack.read_service(settings, "gateway")

@@ -112,16 +112,18 @@ def peers(
     ),
 ) -> None:
     """Peers side by side (starts and stops each system itself; needs the `bench` extra)."""
-    from benchmarks.compare import main
+    from benchmarks.compare import MissingExtraError, main
 
+    hint = (
+        "peers need the bench extra: `make bench` or "
+        "`.venv/bin/pip install -e '.[bench]' -c requirements/cpu-constraints.txt`"
+    )
     try:
         main(concurrency, batches, systems, seconds, repeats, save, console=console)
-    except DeployError as exc:  # a peer or our stack did not start
-        raise fail(
-            f"{exc}\n(peers need the bench extra: `make bench` or "
-            "`.venv/bin/pip install -e '.[bench]' -c requirements/cpu-constraints.txt`)",
-            cause=exc,
-        ) from None
+    except MissingExtraError as exc:
+        raise fail(f"{exc}; {hint}", cause=exc) from None
+    except DeployError as exc:  # a peer or our stack did not start: its log tail follows
+        raise fail(f"{exc}\n({hint})", cause=exc) from None
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         raise fail(str(exc), cause=exc) from None
 

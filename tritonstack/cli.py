@@ -89,7 +89,7 @@ def infer(
         finally:
             embedder.close()
     except InferenceError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(str(exc), cause=exc) from None
     if full:
         typer.echo(json.dumps({"model": model, "embeddings": vectors.tolist()}))
         return

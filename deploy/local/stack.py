@@ -271,7 +271,7 @@ def _changes(
     names = list(state.services)
     for name in reversed(names) if stopping else names:
         record = state.services[name]
-        if seen.setdefault(name, record.state) != record.state:
+        if seen.get(name) != record.state:
             seen[name] = record.state
             report(f"{name} {record.state}")
 

@@ -154,3 +154,17 @@ def test_hints_keep_their_brackets(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.exit_code == 1
     assert "pip install -e '.[bench]'" in result.stderr
     assert "No module named 'ray' [serve]" in result.stderr
+
+
+def test_peers_without_the_bench_extra_fail_at_once_with_the_whole_hint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It used to fail after 15 s (a peer server that could not start)."""
+    import benchmarks.compare
+
+    monkeypatch.setitem(benchmarks.compare.EXTRAS, "ray-serve", "no_such_module_for_tests")
+    result = CliRunner().invoke(app, ["bench", "peers", "--systems", "ray-serve"])
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "ray-serve need no_such_module_for_tests, which is not installed" in line
+    assert "`.venv/bin/pip install -e '.[bench]' -c requirements/cpu-constraints.txt`" in line

@@ -316,6 +316,7 @@ def down(settings: StackSettings, *, progress: Progress | None = None) -> StackS
         if supervisor.alive(settings.state_file):
             report(f"the supervisor did not stop in time: SIGKILL (pid {supervisor.pid})")
             os.kill(supervisor.pid, signal.SIGKILL)
+        _changes(read_stack(settings) or state, seen, report, stopping=True)  # the last ones
     final = read_stack(settings) or state
     _clear(settings, final)
     settings.state_file.unlink(missing_ok=True)

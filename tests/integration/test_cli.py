@@ -179,7 +179,7 @@ def test_bench_any_concurrency_list_prints_each_point_and_plots(
 ) -> None:
     out = cli(
         stack.env, "bench", "--protocol", "grpc", "--concurrency", "1,2,4",
-        "--interval-ms", "300", "--save", str(tmp_path),
+        "--interval-ms", "800", "--save", str(tmp_path),
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     lines = [line for line in out.stdout.splitlines() if " infer/s, p50 " in line]

@@ -23,7 +23,13 @@ from pathlib import Path
 
 from deploy.local.errors import StackConflictError, StackStartError
 from deploy.local.models import load_model
-from deploy.local.process import group_alive, group_members, log_tail, stop_process_group
+from deploy.local.process import (
+    group_alive,
+    group_members,
+    log_tail,
+    pid_running,
+    stop_process_group,
+)
 from deploy.local.services import log_path, plan
 from deploy.local.settings import StackSettings
 from deploy.local.state import (
@@ -316,6 +322,10 @@ def down(settings: StackSettings, *, progress: Progress | None = None) -> StackS
         if supervisor.alive(settings.state_file):
             report(f"the supervisor did not stop in time: SIGKILL (pid {supervisor.pid})")
             os.kill(supervisor.pid, signal.SIGKILL)
+        # an exiting process loses its cmdline (so `alive` is False) before it is gone
+        gone = time.monotonic() + 10
+        while pid_running(supervisor.pid) and time.monotonic() < gone:
+            time.sleep(0.02)
         _changes(read_stack(settings) or state, seen, report, stopping=True)  # the last ones
     final = read_stack(settings) or state
     _clear(settings, final)

@@ -25,6 +25,7 @@ fp32-faithful model, else the served variant's own cosine budget (0.97 for int8)
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import secrets
 import signal
@@ -73,6 +74,14 @@ SAMPLES = 4
 PEERS = ("naive-fastapi", "ray-serve", "litserve")
 OURS = ("triton-grpc", "gateway-miss")
 SYSTEMS = (*PEERS, *OURS)
+# peers whose server needs the `bench` extra, and the module that tells whether it is there
+EXTRAS = {"ray-serve": "ray", "litserve": "litserve"}
+
+
+class MissingExtraError(RuntimeError):
+    """A chosen peer needs a package of the ``bench`` extra that is not installed."""
+
+
 _PEER_MODULES = {
     "naive-fastapi": "benchmarks.peers.naive_fastapi",
     "ray-serve": "benchmarks.peers.ray_serve",
@@ -351,7 +360,7 @@ def run(
             for system in systems:
                 if system == "gateway-miss" and "triton-grpc" in systems:
                     continue  # measured with triton-grpc (one start of the stack)
-                console.print(f"[bold]repeat {repeat}: {system}[/]")
+                console.print(f"repeat {repeat}: {system}", style="bold", markup=False)
                 load = Load(levels, repeat, seconds, warmup_s, samples, reference)
                 started = time.perf_counter()
                 if system in PEERS:
@@ -397,13 +406,19 @@ def main(
     """Run, print the table, and with ``save`` write JSON, markdown and plots; fails on a wrong
     answer from any system."""
     console = console or Console()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on a kill too
     levels = [int(c) for c in concurrency.split(",")]
     sizes = [int(b) for b in batches.split(",") if b]
     chosen = [s for s in systems.split(",") if s]
     unknown = set(chosen) - set(SYSTEMS)
     if unknown:
         raise ValueError(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
+    missing = [s for s in chosen if s in EXTRAS and importlib.util.find_spec(EXTRAS[s]) is None]
+    if missing:  # at once, not after a server failed to start
+        raise MissingExtraError(
+            f"{', '.join(missing)} need {', '.join(EXTRAS[s] for s in missing)}, "
+            "which is not installed"
+        )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on a kill too
     result = run(chosen, levels, sizes, seconds, repeats, StackSettings(), console=console)
     command = (
         f"tritonstack bench peers --concurrency {concurrency} --batches {batches} "

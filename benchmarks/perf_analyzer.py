@@ -25,7 +25,25 @@ Protocol = Literal["grpc", "http"]
 
 
 class PerfAnalyzerError(Exception):
-    """perf_analyzer failed or timed out; the message carries the end of its output."""
+    """perf_analyzer failed or timed out; the message carries the end of its output, ``cause``
+    the one line of it that says why, ``log`` the file with all of it."""
+
+    def __init__(self, message: str, cause: str = "", log: Path | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause or message.splitlines()[0]
+        self.log = log
+
+
+def cause_line(output: str) -> str:
+    """The line of perf_analyzer's output that says why it failed: the last one that reads like
+    an error (perf_analyzer prints the cause last, after pages of progress), else the last."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [
+        line
+        for line in lines
+        if any(w in line.lower() for w in ("error", "failed", "exceed", "invalid", "unable"))
+    ]
+    return (errors or lines or ["no output"])[-1][:300]
 
 
 @dataclass(frozen=True)
@@ -120,8 +138,11 @@ def perf_analyzer_command(
         cr = str(points[0])
     else:
         steps = {b - a for a, b in itertools.pairwise(points)}
-        if len(steps) != 1:
-            raise ValueError(f"concurrency points must be evenly spaced, got {points}")
+        if len(steps) != 1:  # --concurrency-range is start:end:step
+            raise ValueError(
+                f"one perf_analyzer run takes evenly spaced concurrency points, got {points}: "
+                "run one per point (benchmarks.sweep does)"
+            )
         cr = f"{points[0]}:{points[-1]}:{steps.pop()}"
     return [
         str(binary),
@@ -210,7 +231,8 @@ def run_sweep(
 ) -> Sweep:
     """Run perf_analyzer against a running Triton and return the command and its points."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = out_dir / f"perf-{model}-{protocol}-b{batch_size}-shm-{shared_memory}.csv"
+    levels = "_".join(map(str, sorted(set(concurrency))))
+    csv_path = out_dir / f"perf-{model}-{protocol}-b{batch_size}-shm-{shared_memory}-c{levels}.csv"
     csv_path.unlink(missing_ok=True)
     command = perf_analyzer_command(
         runtime.perf_analyzer,
@@ -235,17 +257,30 @@ def run_sweep(
             check=False,
         )
     except subprocess.TimeoutExpired as exc:  # run() has killed it by now
+        log = _write_log(csv_path, command, _tail(exc.stdout, exc.stderr, chars=10**6))
         raise PerfAnalyzerError(
             f"perf_analyzer did not finish within {timeout_s:g} s (killed): "
-            f"{shlex.join(command)}\n{_tail(exc.stdout, exc.stderr)}"
+            f"{shlex.join(command)}\n{_tail(exc.stdout, exc.stderr)}",
+            f"did not finish within {timeout_s:g} s (killed)",
+            log,
         ) from exc
     if done.returncode != 0 or not csv_path.is_file():
+        output = _tail(done.stdout, done.stderr, chars=10**6)
         raise PerfAnalyzerError(
             f"perf_analyzer exited with {done.returncode}"
             f"{'' if done.returncode else ' but wrote no CSV'}: {shlex.join(command)}\n"
-            f"{_tail(done.stdout, done.stderr)}"
+            f"{_tail(done.stdout, done.stderr)}",
+            cause_line(output) if done.returncode else "exited with 0 but wrote no CSV",
+            _write_log(csv_path, command, output),
         )
     return Sweep(command, parse_csv(csv_path, batch_size, protocol, shared_memory, model))
+
+
+def _write_log(csv_path: Path, command: list[str], output: str) -> Path:
+    """perf_analyzer's whole output beside its CSV, under the command that produced it."""
+    log = csv_path.with_suffix(".log")
+    log.write_text(f"$ {shlex.join(command)}\n{output}")
+    return log
 
 
 def _tail(*streams: str | bytes | None, chars: int = 2000) -> str:

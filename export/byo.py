@@ -3,9 +3,10 @@
 The command line says ``--model pkg.module:factory --input name:dtype:shape[:low..high]``:
 
 - ``shape`` lists the dimensions after the batch axis, separated by ``x`` or ``,``; a number is
-  fixed, a name (``seq``) or ``-1`` is a dynamic axis. Inputs that share an axis name share
-  its length (``input_ids:int64:seq`` and ``attention_mask:int64:seq``). The batch axis is
-  always dynamic.
+  fixed, an axis name (an identifier: ``seq``) or ``-1`` is a dynamic axis. Inputs that share
+  an axis name share its length (``input_ids:int64:seq`` and ``attention_mask:int64:seq``).
+  The batch axis is always dynamic. The rule and its parser (no torch) are
+  :mod:`export.signature`'s.
 - ``low..high`` bounds random integer inputs (token ids, class ids); floats are drawn from a
   standard normal, booleans at random.
 
@@ -17,71 +18,28 @@ batch and the dynamic input axes, from two runs of different sizes. Names come f
 from __future__ import annotations
 
 import importlib
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from export.signature import InputSpec, SpecError, check_name, parse_input
 from export.spec import TRITON_TYPES, ModelSpec, Task, TensorSpec
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
-
-
-class SpecError(ValueError):
-    """A model, input or output description that cannot be used (the message says why)."""
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    tensor: TensorSpec
-    low: int = 0
-    high: int = 100
-
-
-def parse_input(text: str) -> InputSpec:
-    """``name:dtype:shape[:low..high]`` -> :class:`InputSpec` (see the module docstring)."""
-    parts = text.split(":")
-    if len(parts) not in (3, 4):
-        raise SpecError(
-            f"--input {text!r}: expected name:dtype:shape[:low..high], "
-            "e.g. image:float32:3x32x32 or input_ids:int64:seq:0..30522"
-        )
-    name, dtype, shape_text = parts[:3]
-    if not _NAME.match(name):
-        raise SpecError(f"--input {text!r}: {name!r} is not a valid tensor name")
-    if dtype not in TRITON_TYPES:
-        raise SpecError(f"--input {text!r}: dtype {dtype!r} is not one of {sorted(TRITON_TYPES)}")
-    dims: list[int] = []
-    axis_names: list[str] = []
-    for dim in re.split(r"[x,]", shape_text) if shape_text else []:
-        dim = dim.strip()
-        if dim.lstrip("-").isdigit():
-            value = int(dim)
-            if value == -1:
-                dims.append(-1)
-                axis_names.append(f"{name}_dim{len(dims)}")
-            elif value > 0:
-                dims.append(value)
-            else:
-                raise SpecError(f"--input {text!r}: dimension {value} must be > 0 or -1")
-        elif _NAME.match(dim):
-            dims.append(-1)
-            axis_names.append(dim)
-        else:
-            raise SpecError(f"--input {text!r}: dimension {dim!r} is neither a size nor a name")
-    low, high = 0, 100
-    if len(parts) == 4:
-        match = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", parts[3])
-        if not match or int(match[1]) >= int(match[2]):
-            raise SpecError(f"--input {text!r}: range must read low..high with low < high")
-        if not dtype.startswith("int"):
-            raise SpecError(f"--input {text!r}: a range applies to integer inputs only")
-        low, high = int(match[1]), int(match[2])
-    return InputSpec(TensorSpec(name, dtype, tuple(dims), tuple(axis_names)), low, high)
+__all__ = [
+    "InputSpec",
+    "SpecError",
+    "build_module",
+    "export_pytorch",
+    "infer_outputs",
+    "load_factory",
+    "load_sample_data",
+    "model_spec",
+    "parse_input",
+    "random_sampler",
+]
 
 
 def load_factory(target: str) -> Callable[[], torch.nn.Module]:
@@ -163,9 +121,12 @@ def infer_outputs(
     except SpecError:
         raise
     except Exception as exc:
+        first_line = (str(exc).strip().splitlines() or [""])[0]
         raise SpecError(
-            f"the module failed on inputs made from the spec ({type(exc).__name__}: {exc}); "
-            "check the --input shapes and dtypes"
+            f"the module's forward raised {type(exc).__name__} on random inputs made from "
+            f"--input ({first_line}): if --input does not describe what forward takes, "
+            "check the --input shapes and dtypes; `tritonstack --debug export ...` shows the "
+            "traceback"
         ) from exc
     if names and len(names) != len(first):
         raise SpecError(f"--output names {len(names)} outputs, the module returns {len(first)}")
@@ -190,8 +151,7 @@ def model_spec(
     description: str = "",
 ) -> ModelSpec:
     """The Python API: a module and ``name:dtype:shape`` strings -> a :class:`ModelSpec`."""
-    if not _NAME.match(name):
-        raise SpecError(f"--name {name!r}: use letters, digits, '_', '-' or '.'")
+    check_name(name)
     parsed = [parse_input(i) if isinstance(i, str) else i for i in inputs]
     if not parsed:
         raise SpecError("give at least one --input name:dtype:shape")

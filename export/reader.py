@@ -48,6 +48,15 @@ def served_file(repository: Path, name: str, filename: str) -> Path:
     return (found[-1] if found else repository / name / "1") / filename
 
 
+def max_batch_size(repository: Path, name: str) -> int:
+    """``max_batch_size`` of ``name``'s config (0: the model does not batch, a request holds
+    one item); FileNotFoundError when the repository has no such model."""
+    path = repository / name / "config.pbtxt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no model {name!r} in {repository} (no {path})")
+    return int(load_config(path).max_batch_size)
+
+
 def read_report(version_dir: Path) -> dict[str, Any] | None:
     path = version_dir / "report.json"
     try:

@@ -6,9 +6,12 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # annotations only: parsing a signature (export.signature) must not import torch
+    import torch
 
 # numpy dtype name -> Triton model-config type name (TYPE_*) and KServe v2 datatype.
 TRITON_TYPES: dict[str, tuple[str, str]] = {
@@ -115,6 +118,8 @@ class ModelSpec:
 
     def torch_outputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run the PyTorch reference on numpy inputs."""
+        import torch  # deferred on purpose: a spec's tensors are read without torch (seconds)
+
         tensors = [torch.from_numpy(inputs[t.name]) for t in self.inputs]
         with torch.inference_mode():
             out = self.module(*tensors)

@@ -7,7 +7,8 @@ The sub-commands live beside this module (``export_cli``, ``bench_cli``, ``featu
 from __future__ import annotations
 
 import json
-from typing import Annotated
+import sys
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -15,23 +16,49 @@ from rich.table import Table
 from deploy.local import stack
 from deploy.local.settings import StackSettings
 from export.reader import served_file
-from tritonstack import export_cli
+from tritonstack import export_cli, variants_cli
 from tritonstack.batch_cli import batch
 from tritonstack.bench_cli import bench_app
-from tritonstack.console import console
+from tritonstack.console import console, options, unexpected
 from tritonstack.console import fail as _fail
 from tritonstack.demo import run_demo
 from tritonstack.features_cli import features_app
 from tritonstack.infer import Endpoint, InferenceError, Protocol, TextEmbedder
 from tritonstack.stack_cli import register as register_stack_commands
 
-app = typer.Typer(
+
+class _App(typer.Typer):
+    """The app, whose unexpected failures print one line (``--debug``: the traceback)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as exc:  # no command handled it: one line, not 45 of traceback
+            sys.exit(unexpected(exc))
+
+
+app = _App(
     help="Export a PyTorch model, serve it with Triton, query and benchmark it.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def main(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", envvar="TRITONSTACK_DEBUG", help="print the traceback behind an error"
+        ),
+    ] = False,
+) -> None:
+    """Export a PyTorch model, serve it with Triton, query and benchmark it."""
+    options.debug = debug
+
+
 app.command()(export_cli.export)
-app.command()(export_cli.variants)
+app.command()(variants_cli.variants)
 app.add_typer(features_app, name="features")
 app.add_typer(bench_app, name="bench")
 register_stack_commands(app)  # up, down, status, logs
@@ -64,7 +91,7 @@ def infer(
         finally:
             embedder.close()
     except InferenceError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(str(exc), cause=exc) from None
     if full:
         typer.echo(json.dumps({"model": model, "embeddings": vectors.tolist()}))
         return

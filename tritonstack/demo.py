@@ -14,18 +14,20 @@ from rich.console import Console
 from rich.panel import Panel
 
 from benchmarks.perf_analyzer import Protocol
-from benchmarks.sweep import perf_sweep
+from benchmarks.sweep import SweepError, perf_sweep
 from deploy.local import stack
 from deploy.local.gateway import curl_examples
 from deploy.local.settings import StackSettings
 from export.reader import is_current
 from tritonstack import features_cli
+from tritonstack.console import styled
 from tritonstack.demo_checks import embed_and_compare, score
 
 
 def _export(console: Console, settings: StackSettings) -> bool:
     if is_current(settings.model_repository, "minilm"):
-        console.print("[green]1. export[/]: reusing the latest minilm version (hash matches)")
+        reused = ": reusing the latest minilm version (hash matches)"
+        console.print(styled("1. export", "green", reused))
         return True
     from export.models import minilm
     from export.pipeline import export_model
@@ -39,11 +41,11 @@ def _export(console: Console, settings: StackSettings) -> bool:
         )
     if not result.ok:
         failure = result.failure
-        console.print(f"[red]1. export failed[/]: {failure.reason if failure else '?'}")
+        console.print(styled("1. export failed", "red", f": {failure.reason if failure else '?'}"))
         return False
     render_export(console, result, "cpu")
     served = result.served.variant.value if result.served else "?"
-    console.print(f"[green]1. export[/]: {result.version_dir} serves {served}")
+    console.print(styled("1. export", "green", f": {result.version_dir} serves {served}"))
     return True
 
 
@@ -64,13 +66,18 @@ def run_demo(console: Console) -> int:
     with console.status("2. tritonstack up"):
         state = stack.up(settings)
     console.print(
-        f"[green]2. up[/]: tritonserver pid {state.pid}, gRPC {state.grpc_url}, "
-        f"HTTP {state.http_url}"
+        styled(
+            "2. up",
+            "green",
+            f": tritonserver pid {state.pid}, gRPC {state.grpc_url}, HTTP {state.http_url}",
+        )
     )
     gateway = stack.read_service(settings, "gateway")
     key = stack.dev_api_key(settings) or ""
     if gateway is not None:
-        console.print(f"[green]   gateway[/]: {gateway.url} (dev API key in `tritonstack status`)")
+        console.print(
+            styled("   gateway", "green", f": {gateway.url} (dev API key in `tritonstack status`)")
+        )
     ok = embed_and_compare(
         console,
         state.grpc_url,
@@ -80,7 +87,11 @@ def run_demo(console: Console) -> int:
     )
     console.print("4. perf_analyzer sweep")
     urls: dict[Protocol, str] = {"grpc": state.grpc_url, "http": state.http_url}
-    ok = perf_sweep(console, settings, urls, [1, 4]) and ok
+    try:
+        perf_sweep(console, settings, urls, [1, 4])
+    except SweepError as exc:
+        console.print(styled("4. perf_analyzer failed", "red", f": {exc}"))
+        ok = False
     if gateway is not None:
         ok = score(console, gateway.url, key) and ok
     summary = (

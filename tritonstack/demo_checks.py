@@ -17,6 +17,7 @@ from benchmarks.loadgen import grpc_string_input
 from benchmarks.sweep import SENTENCES
 from export.naming import text_model_name
 from export.reader import served
+from tritonstack.console import styled
 from tritonstack.infer import Endpoint, Protocol, TextEmbedder
 
 COSINE_FLOOR = 0.9999  # what fp32-faithful variants owe PyTorch; reduced ones owe their budget
@@ -100,7 +101,7 @@ def embed_and_compare(
     try:
         vectors, tokens = _via_text_pipeline(grpc_url)
     except InferenceServerException as exc:
-        console.print(f"[red]raw strings to minilm_text failed[/]: {exc.message()}")
+        console.print(styled("raw strings to minilm_text failed", "red", f": {exc.message()}"))
         ok = False
     else:
         add("grpc, raw strings", f"{grpc_url} minilm_text (tokens {tokens})", vectors, start)
@@ -109,7 +110,7 @@ def embed_and_compare(
         add("gateway", f"{gateway[0]}/v1/embeddings", _via_gateway(*gateway), start)
     console.print(table)
     if not ok:
-        console.print(f"[red]embeddings differ from PyTorch (cosine < {floor}, {variant})[/]")
+        console.print(f"embeddings differ from PyTorch (cosine < {floor}, {variant})", style="red")
     return ok
 
 
@@ -122,7 +123,9 @@ def score(console: Console, url: str, key: str) -> bool:
         timeout=30,
     )
     if response.status_code != 200:
-        console.print(f"[red]5. scoring failed[/]: {response.status_code} {response.text}")
+        console.print(
+            styled("5. scoring failed", "red", f": {response.status_code} {response.text}")
+        )
         return False
     table = Table(title="5. driver scores through the gateway (features from the online store)")
     for column in ("driver", "score", "features", "as of"):

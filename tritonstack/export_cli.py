@@ -1,7 +1,9 @@
-"""``tritonstack export`` and ``tritonstack variants``: parse, call export/ or benchmarks/, print.
+"""``tritonstack export``: parse, call export/, print (``variants`` is in ``variants_cli``).
 
-Their work imports torch (seconds): those imports are deferred into the commands on purpose,
-so that ``tritonstack up``, ``status`` and ``infer`` start without it.
+Its work imports torch (seconds): those imports are deferred into the command on purpose,
+so that ``tritonstack up``, ``status`` and ``infer`` start without it, and so that ``export``
+refuses a wrong ``--input`` or an existing ``--version`` before it imports anything heavy.
+With a stack running, an export is loaded into its Triton at once (``deploy.local.models``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from typing import Annotated
 import typer
 
 from deploy.local.settings import StackSettings
-from tritonstack.console import console, fail
+from export.options import check_options, check_version
+from export.signature import SpecError, describe
+from tritonstack.console import console, fail, warn
+from tritonstack.models_cli import serve_export
 
 
 def export(
@@ -28,7 +33,8 @@ def export(
         typer.Option(
             "--input",
             help="name:dtype:shape[:low..high] after the batch axis, e.g. image:float32:3x32x32 "
-            "or ids:int64:seq:0..30522 (a name or -1 is a dynamic axis); repeat per input",
+            "or ids:int64:seq:0..30522 (-1 or an axis name such as seq is a dynamic axis); "
+            "repeat per input",
         ),
     ] = None,
     outputs: Annotated[
@@ -42,13 +48,15 @@ def export(
         Path | None, typer.Option(help=".npz of your own inputs, checked with the random ones")
     ] = None,
     max_length: Annotated[int, typer.Option(min=1, help="longest dynamic axis checked")] = 128,
-    repository: Annotated[Path, typer.Option(help="model repository to write into")] = Path(
-        "model_repository"
-    ),
+    repository: Annotated[
+        Path | None,
+        typer.Option(help="model repository (default: $TRITONSTACK_MODEL_REPOSITORY)"),
+    ] = None,
     version: Annotated[
         int | None,
         typer.Option(min=1, help="version to write (default: latest + 1, none if unchanged)"),
     ] = None,
+    force: Annotated[bool, typer.Option(help="let --version replace an existing version")] = False,
     serve_versions: Annotated[
         int, typer.Option(min=1, help="version policy: Triton serves the latest N")
     ] = 1,
@@ -111,9 +119,23 @@ def export(
         ),
     ] = None,
 ) -> None:
-    """Export a PyTorch model to ONNX, verify every variant against its accuracy budget, serve
-    the fastest that passed from the model repository (a new version when anything changed)."""
-    from export.byo import SpecError, load_sample_data
+    """Export a PyTorch model to ONNX, verify every variant against its budget, serve the
+    fastest that passed (a new version when anything changed; a running stack loads it)."""
+    settings = StackSettings()
+    repository = repository or settings.model_repository
+    try:
+        checked = check_options(model, inputs or [], outputs, name)
+        warnings = check_version(
+            repository / checked.name, version, force=force, serve_versions=serve_versions
+        )
+    except SpecError as exc:
+        raise fail(str(exc)) from None
+    for item in checked.inputs:
+        console.print(f"input {describe(item)}", highlight=False)
+    for warning in warnings:
+        warn(warning)
+    # deferred on purpose: these import torch (seconds); the options are checked by now
+    from export.byo import load_sample_data
     from export.model_config import Target
     from export.options import serving_options, spec_from_options
     from export.pipeline import export_model
@@ -129,12 +151,11 @@ def export(
         forced = Variant(serve) if serve else None
     except ValueError as exc:
         raise fail(f"{exc} (see `tritonstack export --help`)") from None
-    settings = StackSettings()
     try:
-        spec = spec_from_options(model, inputs or [], outputs, name, chosen_task, max_length)
+        spec = spec_from_options(model, checked, outputs, chosen_task, max_length)
         data = load_sample_data(sample_data, spec) if sample_data is not None else None
     except SpecError as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), cause=exc) from None
     options = serving_options(
         serving_target,
         repository / spec.name,
@@ -169,27 +190,4 @@ def export(
             f"{failure.reason if failure else 'unknown'}; nothing was written to {repository} "
             f"(report: {result.report_path})"
         )
-
-
-def variants(
-    fp16_min_cosine: Annotated[float, typer.Option(help="fp16 budget")] = 0.999,
-    int8_min_cosine: Annotated[float, typer.Option(help="every int8's cosine budget")] = 0.97,
-    seconds: Annotated[float, typer.Option(help="timing per batch size")] = 2.0,
-    save: Annotated[
-        Path | None, typer.Option(help="directory for <date>-vm-variants.{json,md}")
-    ] = None,
-    threads: Annotated[
-        int,
-        typer.Option(min=0, help="ONNX Runtime threads (1: as the tuned config serves; 0: all)"),
-    ] = 1,
-) -> None:
-    """Every variant of MiniLM (fp32, optimized, fp16, int8 blockwise / static / dynamic): parity
-    with PyTorch, batch invariance, recall@10 against fp32, in-process speed."""
-    from benchmarks.variants_report import run_variants
-
-    build = StackSettings().home / "build" / "variants"
-    ok = run_variants(
-        console, build, fp16_min_cosine, int8_min_cosine, seconds, save, threads=threads
-    )
-    if not ok:
-        raise fail(f"the fp32 export failed (see {build})")
+    serve_export(settings, repository, spec.name, spec.tokenizer is not None)

@@ -40,7 +40,7 @@ def _or_fail() -> Iterator[None]:
     try:
         yield
     except FeatureStoreError as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), cause=exc) from None
 
 
 def _when(value: str | None) -> datetime | None:

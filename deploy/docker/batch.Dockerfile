@@ -23,7 +23,8 @@ WORKDIR /app
 COPY --chown=root:root batch/ /app/batch/
 COPY --chown=root:root export/__init__.py export/errors.py export/status.py export/naming.py \
      /app/export/
-COPY --chown=root:root tritonstack/__init__.py tritonstack/batch_cli.py /app/tritonstack/
+COPY --chown=root:root tritonstack/__init__.py tritonstack/batch_cli.py tritonstack/batch_view.py \
+     tritonstack/console.py /app/tritonstack/
 COPY --chown=root:root features/__init__.py features/schema.py features/settings.py \
      features/errors.py features/repo.py /app/features/
 USER 10001:10001

@@ -4,7 +4,9 @@ DeployError
  ├── RuntimeMissingError   the Triton runtime environment, binary or backend stub is absent
  ├── TritonStartError      tritonserver died or did not become ready in time (carries its log tail)
  ├── StackStartError       `up`: a service of the stack did not start (nothing is left running)
- └── StackNotRunningError  `down`/`status` found no stack started by `up`
+ ├── StackConflictError    `up`: a stack runs with other settings (ports, repository, ...)
+ ├── StackNotRunningError  `reload` found no running stack
+ └── ModelLoadError        Triton refused to load a model, or there is no such exported model
 """
 
 
@@ -33,3 +35,11 @@ class StackStartError(DeployError):
 
 class StackNotRunningError(DeployError):
     """No running stack was found in the state directory."""
+
+
+class StackConflictError(DeployError):
+    """``up`` asked for settings (ports, repository, ...) other than the running stack's."""
+
+
+class ModelLoadError(DeployError):
+    """Triton's repository API refused to load a model (its reason), or the model is unknown."""

@@ -124,5 +124,7 @@ def curl_examples(url: str, key: str, metrics_url: str | None = None) -> str:
             f"  curl -s {auth} {url}/v2/models/minilm",
             f"  curl -s {metrics_url or url + '/metrics'} | grep gateway_",
             f"  open {url}/docs  (OpenAPI)",
+            "the README's examples read the URL and key from the environment:",
+            '  eval "$(.venv/bin/tritonstack status --env)"  # TRITONSTACK_URL, TRITONSTACK_KEY',
         ]
     )

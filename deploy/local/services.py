@@ -9,8 +9,6 @@ process and the next one. The supervisor runs them; ``up`` plans them.
 from __future__ import annotations
 
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,23 +172,3 @@ def _gateway(
         host=record.host,
         settings=env,
     )
-
-
-def load_model(http_url: str, name: str) -> None:
-    """Load ``name`` into a running explicit-mode Triton (a no-op when it is ready already)."""
-    base = f"http://{http_url}/v2"
-    try:
-        with urllib.request.urlopen(f"{base}/models/{name}/ready", timeout=2) as r:
-            if r.status == 200:
-                return
-    except (urllib.error.URLError, OSError):
-        pass
-    request = urllib.request.Request(f"{base}/repository/models/{name}/load", method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=120):
-            return
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        raise TritonStartError(f"Triton could not load {name!r}: {detail}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise TritonStartError(f"Triton could not load {name!r}: {exc}") from None

@@ -1,9 +1,12 @@
-"""``tritonstack up|down|status``: Triton, redis-server and the gateway under one supervisor.
+"""``tritonstack up|down``: Triton, redis-server and the gateway under one supervisor.
 
 ``up`` fixes the stack's ports and shared-memory prefix in the state file and starts the
 supervisor (``deploy/local/supervisor.py``), which starts the services, restarts a crashed one
 on the same ports and records what happened; ``down`` stops the supervisor and so everything
-under it, and then anything a dead supervisor left behind.
+under it, and then anything a dead supervisor left behind. Like ``docker compose up``, ``up``
+on a running stack changes nothing (it refuses settings that differ from the running stack's),
+and like ``compose down``, ``down`` with nothing running succeeds. ``status`` is
+``deploy/local/status.py``'s.
 """
 
 from __future__ import annotations
@@ -17,23 +20,28 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from deploy.local.errors import StackNotRunningError, StackStartError
-from deploy.local.gateway import http_ok
-from deploy.local.process import group_alive, group_members, log_tail, stop_process_group
-from deploy.local.services import load_model, log_path, plan
+from deploy.local.errors import StackConflictError, StackStartError
+from deploy.local.models import load_model
+from deploy.local.process import (
+    group_alive,
+    group_members,
+    log_tail,
+    pid_running,
+    stop_process_group,
+)
+from deploy.local.services import log_path, plan
 from deploy.local.settings import StackSettings
 from deploy.local.state import (
     SERVICES,
-    ServiceRecord,
     StackState,
     SupervisorRecord,
     process_cmdline,
     read_state_file,
     write_state_file,
 )
-from deploy.local.triton import http_ready, new_shm_prefix, remove_shm_regions
+from deploy.local.status import absolute, dev_api_key, status
+from deploy.local.triton import new_shm_prefix, remove_shm_regions
 from export.reader import servable_models
 
 __all__ = [
@@ -44,6 +52,7 @@ __all__ = [
     "read_service",
     "read_stack",
     "read_state",
+    "running_since",
     "servable_models",
     "status",
     "up",
@@ -98,17 +107,6 @@ class ServiceState:
         return bool(self.pid) and bool(group_alive(self.pid))
 
 
-def absolute(settings: StackSettings) -> StackSettings:
-    """The same settings with absolute paths (the supervisor runs from the project root)."""
-    return settings.model_copy(
-        update={
-            "home": settings.home.absolute(),
-            "model_repository": settings.model_repository.absolute(),
-            "runtime_env": settings.runtime_dir,
-        }
-    )
-
-
 def read_stack(settings: StackSettings) -> StackState | None:
     return read_state_file(settings.state_file)
 
@@ -136,14 +134,8 @@ def read_service(settings: StackSettings, name: str) -> ServiceState | None:
     if record is None:
         return None
     return ServiceState(
-        record.pid or 0, record.url, record.log, record.started_unix or 0.0, _metrics_url(record)
+        record.pid or 0, record.url, record.log, record.started_unix or 0.0, record.metrics_url
     )
-
-
-def _metrics_url(record: ServiceRecord) -> str:
-    """The gateway's /metrics (a port of its own); empty for the other services."""
-    port = record.ports.get("metrics") if record.name == "gateway" else None
-    return f"http://{record.host}:{port}/metrics" if port else ""
 
 
 # -- up --------------------------------------------------------------------------------------------
@@ -159,6 +151,12 @@ def up(settings: StackSettings, *, progress: Progress | None = None) -> TritonSt
             raise StackStartError(
                 f"the stack is {current.supervisor.phase}: "
                 + (current.supervisor.error or "run `tritonstack up` again once `down` finished")
+            )
+        conflicts = _conflicts(current, settings)
+        if conflicts:
+            raise StackConflictError(
+                f"a stack runs here since {_clock(current.supervisor.started_unix)} with "
+                f"{'; '.join(conflicts)}: `tritonstack down` first to start it with new settings"
             )
         triton = current.services["triton"]
         if triton.state == "running":  # exported since it started: load it (explicit mode)
@@ -207,6 +205,46 @@ def up(settings: StackSettings, *, progress: Progress | None = None) -> TritonSt
     return _triton(settings)
 
 
+def running_since(settings: StackSettings) -> float | None:
+    """When the running stack's supervisor started (None: no stack runs)."""
+    state = read_stack(settings)
+    if state is None or not state.supervisor.alive(absolute(settings).state_file):
+        return None
+    return state.supervisor.started_unix or None
+
+
+def _clock(unix: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix)) if unix else "?"
+
+
+# settings field -> (service, port name) of the ports fixed at the first `up`
+_PORTS = {
+    "http_port": ("triton", "http"),
+    "grpc_port": ("triton", "grpc"),
+    "metrics_port": ("triton", "metrics"),
+    "redis_port": ("redis", "redis"),
+    "gateway_port": ("gateway", "http"),
+    "gateway_metrics_port": ("gateway", "metrics"),
+}
+# what defines a running stack (timeouts and restart settings do not: they are the supervisor's)
+_DEFINING = ("host", "model_repository", "runtime_env", "redis", "gateway", "response_cache_bytes")
+
+
+def _conflicts(state: StackState, wanted: StackSettings) -> list[str]:
+    """How ``wanted`` differs from the running stack (a port of 0 asks for nothing)."""
+    found = []
+    for field, (service, port) in _PORTS.items():
+        asked = getattr(wanted, field)
+        record = state.services.get(service)
+        if asked and record is not None and record.ports.get(port) != asked:
+            found.append(f"{field.replace('_', ' ')} {record.ports.get(port)} (asked: {asked})")
+    now = wanted.model_dump(mode="json")
+    for field in _DEFINING:
+        if field in state.settings and state.settings[field] != now[field]:
+            found.append(f"{field} {state.settings[field]} (asked: {now[field]})")
+    return found
+
+
 def _triton(settings: StackSettings) -> TritonState:
     state = read_state(settings)
     assert state is not None
@@ -221,10 +259,7 @@ def _wait_started(settings: StackSettings, report: Progress) -> StackState:
         state = read_stack(settings)
         if state is None:
             raise StackStartError(f"the state file {settings.state_file} disappeared (`down`?)")
-        for name, record in state.services.items():
-            if seen.get(name) != record.state:
-                seen[name] = record.state
-                report(f"{name} {record.state}")
+        _changes(state, seen, report)
         supervisor = state.supervisor
         if supervisor.phase != "starting":
             return state
@@ -238,6 +273,19 @@ def _wait_started(settings: StackSettings, report: Progress) -> StackState:
         time.sleep(0.1)
 
 
+def _changes(
+    state: StackState, seen: dict[str, str], report: Progress, stopping: bool = False
+) -> None:
+    """Report each service whose state changed since ``seen`` (updated), in start order (stop
+    order when ``stopping``)."""
+    names = list(state.services)
+    for name in reversed(names) if stopping else names:
+        record = state.services[name]
+        if seen.get(name) != record.state:
+            seen[name] = record.state
+            report(f"{name} {record.state}")
+
+
 def _wait_exit(
     settings: StackSettings, supervisor: SupervisorRecord, timeout_s: float = 10
 ) -> None:
@@ -247,29 +295,42 @@ def _wait_exit(
 
 
 # -- down ------------------------------------------------------------------------------------------
-def down(settings: StackSettings) -> StackState:
+def down(settings: StackSettings, *, progress: Progress | None = None) -> StackState | None:
     """Stop the supervisor (it stops the gateway, Redis and Triton), then whatever a dead
-    supervisor left: the recorded process groups and the stack's shared-memory regions."""
+    supervisor left: the recorded process groups and the stack's shared-memory regions.
+
+    Returns the stack's last state; None when there was nothing to stop (safe to repeat)."""
     settings = absolute(settings)
+    report = progress or (lambda _: None)
     state = read_stack(settings)
     if state is None:
         legacy = _legacy_pids(settings)
         if not legacy:
-            raise StackNotRunningError(f"no stack recorded in {settings.state_file}")
+            return None
         for name, pid in legacy:  # the launcher before supervision: its groups, in order
             if _runs(name, pid):
+                report(f"stopping {name} (pid {pid})")
                 stop_process_group(pid, settings.shutdown_timeout_s)
         settings.state_file.unlink(missing_ok=True)
         return StackState(settings.model_dump(mode="json"), "", SupervisorRecord(log=""), {})
     supervisor = state.supervisor
     if supervisor.alive(settings.state_file):
         assert supervisor.pid is not None
+        report(f"stopping {', '.join(reversed(state.services))} (supervisor pid {supervisor.pid})")
         os.kill(supervisor.pid, signal.SIGTERM)
+        seen = {name: record.state for name, record in state.services.items()}
         deadline = time.monotonic() + 3 * settings.shutdown_timeout_s + 10
         while supervisor.alive(settings.state_file) and time.monotonic() < deadline:
+            _changes(read_stack(settings) or state, seen, report, stopping=True)
             time.sleep(0.1)
         if supervisor.alive(settings.state_file):
+            report(f"the supervisor did not stop in time: SIGKILL (pid {supervisor.pid})")
             os.kill(supervisor.pid, signal.SIGKILL)
+        # an exiting process loses its cmdline (so `alive` is False) before it is gone
+        gone = time.monotonic() + 10
+        while pid_running(supervisor.pid) and time.monotonic() < gone:
+            time.sleep(0.02)
+        _changes(read_stack(settings) or state, seen, report, stopping=True)  # the last ones
     final = read_stack(settings) or state
     _clear(settings, final)
     settings.state_file.unlink(missing_ok=True)
@@ -304,94 +365,3 @@ def _legacy_pids(settings: StackSettings) -> list[tuple[str, int]]:
     found = [(name, data[name].get("pid")) for name in ("gateway", "redis", "triton")
              if isinstance(data.get(name), dict)]  # fmt: skip
     return [(name, pid) for name, pid in found if isinstance(pid, int)]
-
-
-# -- status ----------------------------------------------------------------------------------------
-def dev_api_key(settings: StackSettings) -> str | None:
-    path = settings.home.absolute() / "gateway" / "dev-api-key"
-    return path.read_text().strip() if path.is_file() else None
-
-
-def status(settings: StackSettings) -> dict[str, Any]:
-    """What runs, where, how healthy, restarted how often and why: ``status --json``."""
-    settings = absolute(settings)
-    state = read_stack(settings)
-    if state is None:
-        return {
-            "running": False,
-            "state_file": str(settings.state_file),
-            "supervisor": None,
-            "triton": None,
-            "redis": None,
-            "gateway": None,
-        }
-    now = time.time()
-    supervisor = state.supervisor
-    supervisor_alive = supervisor.alive(settings.state_file)
-    info: dict[str, Any] = {
-        "running": supervisor_alive and supervisor.phase == "running",
-        "state_file": str(settings.state_file),
-        "supervisor": {
-            "pid": supervisor.pid,
-            "alive": supervisor_alive,
-            "phase": supervisor.phase
-            if supervisor_alive or supervisor.phase in ("stopped", "failed")
-            else "dead",  # killed: its services run unsupervised until `down`
-            "error": supervisor.error,
-            "uptime_s": round(now - supervisor.started_unix, 1)
-            if supervisor_alive and supervisor.started_unix
-            else None,
-            "log": supervisor.log,
-        },
-        "shm_prefix": state.shm_prefix,
-        "triton": None,
-        "redis": None,
-        "gateway": None,
-    }
-    for name, record in state.services.items():
-        info[name] = _service_status(settings, record, now)
-    return info
-
-
-def _service_status(settings: StackSettings, record: ServiceRecord, now: float) -> dict[str, Any]:
-    alive = record.alive() and record.state == "running"
-    uptime = record.uptime_s(now)
-    last = record.last_exit
-    entry: dict[str, Any] = {
-        "state": record.state,
-        "pid": record.pid,
-        "alive": alive,
-        "health": record.health if alive else "unknown",
-        "uptime_s": round(uptime, 1) if uptime is not None and alive else None,
-        "restarts": record.restarts,
-        "last_exit": None
-        if last is None
-        else {
-            "cause": last.cause,
-            "ago_s": round(now - last.at_unix, 1),
-            "log_tail": last.log_tail,
-        },
-        "message": record.message,
-        "log": record.log,
-    }
-    host = record.host
-    if record.name == "triton":
-        ports = record.ports
-        entry.update(
-            ready=alive and http_ready(host, ports["http"]),
-            grpc=f"{host}:{ports['grpc']}",
-            http=f"http://{host}:{ports['http']}",
-            metrics=f"http://{host}:{ports['metrics']}/metrics",
-            model_repository=str(settings.model_repository),
-        )
-    elif record.name == "redis":
-        entry.update(url=record.url)
-    else:
-        entry.update(
-            ready=alive and http_ok(f"{record.url}/readyz"),
-            url=record.url,
-            metrics=_metrics_url(record),
-            docs=f"{record.url}/docs",
-            dev_api_key=dev_api_key(settings),
-        )
-    return entry

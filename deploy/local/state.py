@@ -69,6 +69,12 @@ class ServiceRecord:
     def last_exit(self) -> ExitRecord | None:
         return self.exits[-1] if self.exits else None
 
+    @property
+    def metrics_url(self) -> str:
+        """Prometheus metrics on a port of their own: Triton's and the gateway's ("" else)."""
+        port = self.ports.get("metrics")
+        return f"http://{self.host}:{port}/metrics" if port else ""
+
     def alive(self) -> bool:
         return self.pid is not None and pid_running(self.pid)
 

@@ -49,7 +49,7 @@ from deploy.local.state import (
     read_state_file,
     write_state_file,
 )
-from deploy.local.triton import remove_shm_regions
+from deploy.local.triton import is_noise, remove_shm_regions
 
 log = logging.getLogger("tritonstack.supervisor")
 
@@ -83,11 +83,12 @@ class RestartPolicy:
 
 
 def exit_log_tail(path: Path, lines: int = 8) -> str:
-    """The last lines of a dead process's log, without backtrace frames (``12# 0x... in``)."""
+    """The last lines of a dead process's log, without backtrace frames (``12# 0x... in``) and
+    without the CUDA noise a CPU-only Triton always logs (a red herring above the cause)."""
     kept = [
         line
         for line in log_tail(path, lines=60).splitlines()
-        if line.strip() and not re.match(r"\s*\d+# ", line)
+        if line.strip() and not re.match(r"\s*\d+# ", line) and not is_noise(line)
     ]
     return "\n".join(kept[-lines:])
 

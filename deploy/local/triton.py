@@ -42,8 +42,21 @@ class TritonPorts:
         return asdict(self)
 
 
-# Start-up noise of a GPU-less machine, not the reason anything failed.
-_HARMLESS = ("CudaDriverHelper", "NVML", "DCGM", "GPU metrics", "pinned memory")
+# Start-up noise of a GPU-less machine, not the reason anything failed (some of it is logged
+# as errors: "unable to create stream for minilm_text: CUDA driver version is insufficient").
+_HARMLESS = (
+    "CudaDriverHelper",
+    "NVML",
+    "DCGM",
+    "GPU metrics",
+    "pinned memory",
+    "CUDA driver version is insufficient",
+)
+
+
+def is_noise(line: str) -> bool:
+    """A log line a CPU-only machine always shows: never the cause of a failure."""
+    return any(h in line for h in _HARMLESS)
 
 
 def log_excerpt(path: Path, errors: int = 20, tail: int = 15) -> str:
@@ -63,7 +76,7 @@ def log_excerpt(path: Path, errors: int = 20, tail: int = 15) -> str:
             or "error:" in line.lower()
             or "failed" in line.lower()
         )
-        and not any(h in line for h in _HARMLESS)
+        and not is_noise(line)
     ]
     parts = []
     if found:

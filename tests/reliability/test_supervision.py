@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -74,8 +75,8 @@ def supervised(
         startup_timeout_s=120, shutdown_timeout_s=15,
     )  # fmt: skip
     with pytest.MonkeyPatch.context() as env:  # the supervisor passes these to the gateway
-        # the unlimited tenant: load cannot rate-limit it
-        env.setenv("GATEWAY_TENANTS", tenants_env(TENANTS)["GATEWAY_TENANTS"])
+        for name, value in tenants_env(TENANTS).items():  # a tenant load cannot rate-limit
+            env.setenv(name, value)
         env.setenv("GATEWAY_SCORING_ENABLED", "false")
         # the supervisor's own remedies under test: the gateway's pipeline probes (which reload
         # a model whose stub died, tests/reliability/test_backend_failures.py) stay off here
@@ -352,9 +353,15 @@ def test_gateway_sigkill_comes_back_and_logs_follow_shows_it(
 ) -> None:
     before = supervised.record("gateway")
     assert before.pid is not None
-    follower = _cli(supervised, "logs", "supervisor", "-f", "-n", "0")
+    follower = _cli(supervised, "logs", "supervisor", "-f", "-n", "1")
+    first = ""
     try:
-        time.sleep(1.5)  # the CLI is up and at the end of the log
+        # the CLI is up and at the end of the log once it printed the last line (a fixed sleep
+        # was too short on a loaded machine)
+        assert follower.stdout is not None
+        ready, _, _ = select.select([follower.stdout], [], [], 60)
+        assert ready, "`tritonstack logs -f` printed nothing in 60 s"
+        first = follower.stdout.readline()
         killed = time.monotonic()
         os.kill(before.pid, signal.SIGKILL)
         deadline = killed + 30
@@ -370,6 +377,7 @@ def test_gateway_sigkill_comes_back_and_logs_follow_shows_it(
     finally:
         follower.terminate()
         followed, _ = follower.communicate(timeout=10)
+        followed = first + followed
     after = supervised.record("gateway")
     assert after.ports == before.ports and after.restarts == before.restarts + 1
     assert "gateway killed by SIGKILL" in followed and "gateway running" in followed, followed

@@ -10,7 +10,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from batch.check import RunFacts, Summary
-from tritonstack.batch_cli import BarProgress, parse_as_of, render_summary
+from tritonstack.batch_cli import parse_as_of
+from tritonstack.batch_view import BarProgress, render_summary
 from tritonstack.cli import app
 
 

@@ -88,3 +88,13 @@ def test_no_benchmark_calls_an_export_writer() -> None:
             if name in WRITERS:
                 found.append(f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}: {name}")
     assert not found, "benchmarks only measure; export/ writes the repository: " + str(found)
+
+
+def test_the_cli_modules_stay_thin() -> None:
+    """tritonstack/ only parses, calls and prints: no module of it over 200 lines."""
+    long = {
+        p.name: n
+        for p in sorted((ROOT / "tritonstack").glob("*.py"))
+        if (n := len(p.read_text().splitlines())) > 200
+    }
+    assert not long, f"move the logic into the package that owns it: {long}"

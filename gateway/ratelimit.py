@@ -181,9 +181,13 @@ class RedisRateLimiter:
         allowed, remaining, reset_us, retry_us = raw
         reset_s = int(reset_us) / 1e6
         return Decision(
-            bool(allowed), burst, int(remaining), reset_s, int(retry_us) / 1e6,
+            bool(allowed),
+            burst,
+            int(remaining),
+            reset_s,
+            int(retry_us) / 1e6,
             blocked_for(reset_s, rate, burst),
-        )  # fmt: skip
+        )
 
 
 class ResilientRateLimiter:
@@ -194,7 +198,7 @@ class ResilientRateLimiter:
     """
 
     def __init__(
-        self, primary: RedisRateLimiter | None, policy: RedisFailurePolicy, metrics: Metrics
+        self, primary: RateLimiter | None, policy: RedisFailurePolicy, metrics: Metrics
     ) -> None:
         self.primary = primary
         self.local = LocalRateLimiter()
@@ -252,10 +256,11 @@ class ResilientRateLimiter:
         if self.policy is RedisFailurePolicy.deny:
             log.warning("rate limiter: Redis unreachable, refusing (policy deny): %s", exc)
             raise GatewayError(
-                503, "rate_limiter_unavailable",
+                503,
+                "rate_limiter_unavailable",
                 "the rate limiter's store is unreachable; retry later",
                 headers={"Retry-After": "1"},
-            ) from None  # fmt: skip
+            ) from None
         log.warning("rate limiter: Redis unreachable, using the in-process limiter: %s", exc)
         rate, burst = tenant.config.rate_per_s, tenant.config.burst
         return await self.local.hit(tenant.name, rate, burst, cost)

@@ -38,6 +38,8 @@ from gateway.guard import Guard
 from gateway.health import Health
 from gateway.metrics import Metrics
 from gateway.ratelimit import RateLimiter, RedisRateLimiter, ResilientRateLimiter
+from gateway.redis_pipe import RedisPipe
+from gateway.routing import add_routes
 from gateway.services import Services, open_features
 from gateway.settings import Environment, GatewaySettings
 from gateway.tenants import Authenticator
@@ -63,8 +65,9 @@ def _open_redis(svc: Services, injected: set[str]) -> None:
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
     )
+    svc.redis_pipe = pipe = RedisPipe.of(svc.redis)  # the hot path's commands
     if "limiter" not in injected:
-        svc.limiter.primary = RedisRateLimiter(svc.redis)
+        svc.limiter.primary = RedisRateLimiter(svc.redis, pipe=pipe)
     if settings.cache_enabled and "cache" not in injected:
         key = settings.cache_signing_key
         if key is None and settings.environment is not Environment.development:
@@ -73,7 +76,7 @@ def _open_redis(svc: Services, injected: set[str]) -> None:
                 "with a key of its own, so replicas do not share the Redis cache"
             )
         signing = key.get_secret_value().encode() if key else secrets.token_bytes(32)
-        svc.cache = RedisCache(svc.redis, settings.cache_ttl_s, signing_key=signing)
+        svc.cache = RedisCache(svc.redis, settings.cache_ttl_s, signing_key=signing, pipe=pipe)
 
 
 async def _feature_checks(svc: Services) -> dict[str, bool]:
@@ -102,6 +105,8 @@ async def _close(svc: Services) -> None:
     await svc.upstream.close()
     if svc.features is not None:
         await svc.features.close()
+    if svc.redis_pipe is not None:
+        await svc.redis_pipe.close()
     if svc.redis is not None:
         await svc.redis.aclose()
 
@@ -199,6 +204,6 @@ def create_app(
     ):
         app.add_exception_handler(kind, refuse)
     for router, _ in ROUTERS:
-        app.include_router(router)
+        add_routes(app, router)
     app.openapi = lambda: docs.openapi_schema(app)  # type: ignore[method-assign]
     return app

@@ -15,6 +15,7 @@ from gateway.cache import ResponseCache
 from gateway.errors import GatewayError, Shapes
 from gateway.metrics import Metrics
 from gateway.ratelimit import ResilientRateLimiter
+from gateway.redis_pipe import RedisPipe
 from gateway.settings import GatewaySettings
 from gateway.tenants import Authenticator
 from gateway.upstream import Upstream
@@ -37,6 +38,7 @@ class Services:
     embedding_models: dict[str, str]  # /v1/embeddings: the name a client sends -> the encoder
     health: Health | None = None
     redis: Redis | None = None
+    redis_pipe: RedisPipe | None = None  # the hot path's commands on one pipelined connection
     features: OnlineFeatures | None = None
     feature_settings: FeatureSettings | None = None
     in_flight: dict[str, int] = field(default_factory=dict)  # per tenant, this process

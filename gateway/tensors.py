@@ -18,13 +18,8 @@ from typing import Any
 import numpy as np
 from tritonclient.utils import deserialize_bytes_tensor, triton_to_np_dtype
 
-from gateway.errors import bad_request
+from gateway.errors import GatewayError, bad_request
 from gateway.triton import RawInput
-
-
-def expect(condition: bool, message: str, param: str | None = None) -> None:
-    if not condition:
-        raise bad_request(message, param=param)
 
 
 @dataclass
@@ -59,32 +54,34 @@ def leaves(name: str, data: Any, numel: int) -> list[Any]:
         kinds = set(map(type, level))
         if list not in kinds:
             break
-        expect(kinds == {list}, ragged, name)
+        if kinds != {list}:
+            raise bad_request(ragged, param=name)
         sizes = set(map(len, level))
-        expect(len(sizes) == 1, ragged, name)
-        expect(
-            len(level) * sizes.pop() <= numel,
-            f"input {name!r}: data has more than the {numel} elements its shape says",
-            name,
-        )
+        if len(sizes) != 1:
+            raise bad_request(ragged, param=name)
+        if len(level) * sizes.pop() > numel:
+            raise bad_request(
+                f"input {name!r}: data has more than the {numel} elements its shape says",
+                param=name,
+            )
         level = list(itertools.chain.from_iterable(level))
-    expect(
-        len(level) == numel,
-        f"input {name!r}: shape says {numel} elements but data has {len(level)}",
-        name,
-    )
+    if len(level) != numel:
+        raise bad_request(
+            f"input {name!r}: shape says {numel} elements but data has {len(level)}", param=name
+        )
     return level
 
 
 def _strings(name: str, values: list[Any], max_text_chars: int) -> bytes:
     kinds = set(map(type, values))
-    expect(kinds == {str}, f"input {name!r}: BYTES data must be strings", name)
+    if kinds != {str}:
+        raise bad_request(f"input {name!r}: BYTES data must be strings", param=name)
     longest = max(map(len, values))
-    expect(
-        longest <= max_text_chars,
-        f"input {name!r}: an element has {longest} characters; the limit is {max_text_chars}",
-        name,
-    )
+    if longest > max_text_chars:
+        raise bad_request(
+            f"input {name!r}: an element has {longest} characters; the limit is {max_text_chars}",
+            param=name,
+        )
     parts: list[bytes] = []
     for i, text in enumerate(values):
         try:
@@ -99,21 +96,26 @@ def _strings(name: str, values: list[Any], max_text_chars: int) -> bytes:
     return b"".join(parts)
 
 
+def _out_of_range(name: str, datatype: str, info: np.iinfo[Any]) -> GatewayError:
+    message = f"input {name!r}: values must lie in [{info.min}, {info.max}] for {datatype}"
+    return bad_request(message, param=name)
+
+
 def _integers(name: str, datatype: str, dtype: np.dtype[Any], values: list[Any]) -> bytes:
     kinds = set(map(type, values))
     info = np.iinfo(dtype)
-    out_of_range = f"input {name!r}: values must lie in [{info.min}, {info.max}] for {datatype}"
     floats = [v for v in values if type(v) is float] if float in kinds else []
     if floats and kinds <= {int, float} and all(v.is_integer() and abs(v) >= 2**63 for v in floats):
         # integer literals beyond 64 bits, which the fast JSON parser reads as floats
-        raise bad_request(out_of_range, param=name)
-    expect(
-        kinds == {int},
-        f"input {name!r}: {datatype} data must be integers, got "
-        f"{', '.join(sorted(k.__name__ for k in kinds - {int}))} values",
-        name,
-    )
-    expect(info.min <= min(values) and max(values) <= info.max, out_of_range, name)
+        raise _out_of_range(name, datatype, info)
+    if kinds != {int}:
+        raise bad_request(
+            f"input {name!r}: {datatype} data must be integers, got "
+            f"{', '.join(sorted(k.__name__ for k in kinds - {int}))} values",
+            param=name,
+        )
+    if not (info.min <= min(values) and max(values) <= info.max):
+        raise _out_of_range(name, datatype, info)
     return np.array(values, dtype=dtype.newbyteorder("<")).tobytes()
 
 
@@ -126,19 +128,18 @@ def from_json(name: str, datatype: str, data: Any, numel: int, *, max_text_chars
         return _strings(name, values, max_text_chars)
     dtype = np.dtype(triton_to_np_dtype(datatype))
     if datatype == "BOOL":
-        expect(
-            set(map(type, values)) == {bool}, f"input {name!r}: BOOL data must be true/false", name
-        )
+        if set(map(type, values)) != {bool}:
+            raise bad_request(f"input {name!r}: BOOL data must be true/false", param=name)
         return np.array(values, dtype=bool).tobytes()
     if dtype.kind in "iu":
         return _integers(name, datatype, dtype, values)
     kinds = set(map(type, values))
-    expect(
-        kinds <= {int, float},
-        f"input {name!r}: {datatype} data must be numbers, got "
-        f"{', '.join(sorted(k.__name__ for k in kinds - {int, float}))} values",
-        name,
-    )
+    if not kinds <= {int, float}:
+        raise bad_request(
+            f"input {name!r}: {datatype} data must be numbers, got "
+            f"{', '.join(sorted(k.__name__ for k in kinds - {int, float}))} values",
+            param=name,
+        )
     try:
         array = np.array(values, dtype=np.float64).astype(dtype.newbyteorder("<"))
     except OverflowError:  # an integer beyond float64
@@ -158,18 +159,20 @@ def _length_prefixed(name: str, raw: bytes, numel: int, max_bytes: int) -> None:
     offset = count = longest = 0
     view = memoryview(raw)
     while offset < len(raw):
-        expect(offset + 4 <= len(raw) and count < numel + 1, malformed)
+        if not (offset + 4 <= len(raw) and count < numel + 1):
+            raise bad_request(malformed)
         size = int.from_bytes(view[offset : offset + 4], "little")
         offset += 4 + size
-        expect(offset <= len(raw), malformed)
+        if offset > len(raw):
+            raise bad_request(malformed)
         longest = max(longest, size)
         count += 1
-    expect(count == numel, f"input {name!r}: {count} strings, shape says {numel}")
-    expect(
-        longest <= max_bytes,
-        f"input {name!r}: an element has {longest} bytes; the limit is {max_bytes}",
-        name,
-    )
+    if count != numel:
+        raise bad_request(f"input {name!r}: {count} strings, shape says {numel}")
+    if longest > max_bytes:
+        raise bad_request(
+            f"input {name!r}: an element has {longest} bytes; the limit is {max_bytes}", param=name
+        )
 
 
 def from_binary(name: str, datatype: str, raw: bytes, numel: int, *, max_text_chars: int) -> bytes:
@@ -178,12 +181,12 @@ def from_binary(name: str, datatype: str, raw: bytes, numel: int, *, max_text_ch
         _length_prefixed(name, raw, numel, max_text_chars * 4)
         return raw
     dtype = np.dtype(triton_to_np_dtype(datatype)).newbyteorder("<")
-    expect(
-        len(raw) == numel * dtype.itemsize,
-        f"input {name!r}: binary_data_size {len(raw)} bytes, shape and {datatype} need "
-        f"{numel * dtype.itemsize}",
-        name,
-    )
+    if len(raw) != numel * dtype.itemsize:
+        raise bad_request(
+            f"input {name!r}: binary_data_size {len(raw)} bytes, shape and {datatype} need "
+            f"{numel * dtype.itemsize}",
+            param=name,
+        )
     if dtype.kind == "f":
         _finite(name, np.frombuffer(raw, dtype=dtype))
     return raw

@@ -22,7 +22,7 @@ from tritonclient.utils import deserialize_bytes_tensor, triton_to_np_dtype
 
 from gateway.errors import GatewayError, bad_request
 from gateway.models import ModelInfo, TensorInfo
-from gateway.tensors import Tensor, expect, from_binary, from_json
+from gateway.tensors import Tensor, from_binary, from_json
 
 __all__ = ["HEADER_LENGTH", "InferRequest", "Tensor", "parse_infer_request"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -74,16 +74,17 @@ def loads(data: bytes, what: str = "body") -> Any:
 
 def _envelope(head: bytes) -> tuple[dict[str, Any], list[Any], dict[str, Any], str]:
     request = loads(head, "inference request header")
-    expect(isinstance(request, dict), "the request must be a JSON object with 'inputs'")
+    if not isinstance(request, dict):
+        raise bad_request("the request must be a JSON object with 'inputs'")
     inputs = request.get("inputs")
-    expect(isinstance(inputs, list) and len(inputs) > 0, "'inputs' must be a non-empty list")
+    if not (isinstance(inputs, list) and len(inputs) > 0):
+        raise bad_request("'inputs' must be a non-empty list")
     params = request.get("parameters") or {}
-    expect(isinstance(params, dict), "'parameters' must be an object")
+    if not isinstance(params, dict):
+        raise bad_request("'parameters' must be an object")
     request_id = request.get("id", "")
-    expect(
-        isinstance(request_id, str) and len(request_id) <= 256,
-        "'id' must be a string of at most 256 characters",
-    )
+    if not (isinstance(request_id, str) and len(request_id) <= 256):
+        raise bad_request("'id' must be a string of at most 256 characters")
     try:
         request_id.encode("utf-8")
     except UnicodeEncodeError:
@@ -93,45 +94,45 @@ def _envelope(head: bytes) -> tuple[dict[str, Any], list[Any], dict[str, Any], s
 
 def _signature(item: Any, model: ModelInfo, seen: list[Tensor]) -> tuple[TensorInfo, list[int]]:
     """The model's tensor for one input entry, and the entry's shape (checked against it)."""
-    expect(isinstance(item, dict), "each input must be an object with name/shape/datatype")
+    if not isinstance(item, dict):
+        raise bad_request("each input must be an object with name/shape/datatype")
     name = item.get("name")
-    expect(isinstance(name, str), "each input needs a 'name' string")
+    if not isinstance(name, str):
+        raise bad_request("each input needs a 'name' string")
     info = model.input(name)
     if info is None:
         expected = ", ".join(t.name for t in model.inputs)
         raise bad_request(
             f"model {model.name!r} has no input {name!r}; its inputs are: {expected}", param=name
         )
-    expect(all(t.name != name for t in seen), f"input {name!r} is given twice", name)
+    if not all(t.name != name for t in seen):
+        raise bad_request(f"input {name!r} is given twice", param=name)
     datatype = item.get("datatype")
-    expect(
-        datatype == info.datatype,
-        f"input {name!r} must have datatype {info.datatype}, got {datatype!r}",
-        name,
-    )
-    shape = item.get("shape")
-    expect(
-        isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape),
-        f"input {name!r}: 'shape' must be a list of non-negative integers",
-        name,
-    )
-    expect(
-        len(shape) == len(info.shape),
-        f"input {name!r} must have {len(info.shape)} dimensions {list(info.shape)}, got {shape}",
-        name,
-    )
-    for i, (got, want) in enumerate(zip(shape, info.shape, strict=True)):
-        expect(
-            want == -1 or got == want,
-            f"input {name!r}: dimension {i} must be {want}, got {got}",
-            name,
+    if datatype != info.datatype:
+        raise bad_request(
+            f"input {name!r} must have datatype {info.datatype}, got {datatype!r}", param=name
         )
-    if model.max_batch_size > 0:
-        expect(
-            1 <= shape[0] <= model.max_batch_size,
+    shape = item.get("shape")
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+        raise bad_request(
+            f"input {name!r}: 'shape' must be a list of non-negative integers", param=name
+        )
+    if len(shape) != len(info.shape):
+        raise bad_request(
+            f"input {name!r} must have {len(info.shape)} dimensions {list(info.shape)}, "
+            f"got {shape}",
+            param=name,
+        )
+    for i, (got, want) in enumerate(zip(shape, info.shape, strict=True)):
+        if want not in (-1, got):
+            raise bad_request(
+                f"input {name!r}: dimension {i} must be {want}, got {got}", param=name
+            )
+    if model.max_batch_size > 0 and not 1 <= shape[0] <= model.max_batch_size:
+        raise bad_request(
             f"input {name!r}: batch size {shape[0]} outside 1..{model.max_batch_size} "
             f"(the model's max_batch_size); split the request",
-            name,
+            param=name,
         )
     return info, shape
 
@@ -141,9 +142,11 @@ def _outputs(
 ) -> list[tuple[str, bool]]:
     outputs: list[tuple[str, bool]] = []
     requested = request.get("outputs") or []
-    expect(isinstance(requested, list), "'outputs' must be a list")
+    if not isinstance(requested, list):
+        raise bad_request("'outputs' must be a list")
     for item in requested:
-        expect(isinstance(item, dict) and isinstance(item.get("name"), str), "bad output entry")
+        if not (isinstance(item, dict) and isinstance(item.get("name"), str)):
+            raise bad_request("bad output entry")
         name = item["name"]
         if model.output(name) is None:
             expected = ", ".join(t.name for t in model.outputs)
@@ -154,6 +157,32 @@ def _outputs(
         oparams = item.get("parameters") or {}
         outputs.append((name, bool(oparams.get("binary_data", binary_default))))
     return outputs
+
+
+def _tensor_bytes(
+    item: dict[str, Any],
+    info: TensorInfo,
+    numel: int,
+    binary: memoryview,
+    offset: int,
+    max_text_chars: int,
+) -> tuple[bytes, int]:
+    """One input's canonical bytes, and how many bytes of the binary part it took."""
+    name, datatype = info.name, info.datatype
+    tparams = item.get("parameters") or {}
+    if not isinstance(tparams, dict):
+        raise bad_request(f"input {name!r}: 'parameters' must be an object")
+    size = tparams.get("binary_data_size")
+    if size is None:
+        if "data" not in item:
+            raise bad_request(f"input {name!r} has neither 'data' nor binary data", param=name)
+        return from_json(name, datatype, item["data"], numel, max_text_chars=max_text_chars), 0
+    if not (type(size) is int and 0 <= size <= len(binary) - offset):
+        raise bad_request(
+            f"input {name!r}: binary_data_size {size} exceeds the binary data left", param=name
+        )
+    raw = bytes(binary[offset : offset + size])
+    return from_binary(name, datatype, raw, numel, max_text_chars=max_text_chars), size
 
 
 def parse_infer_request(
@@ -167,10 +196,10 @@ def parse_infer_request(
     """Parse and validate one ``POST /v2/models/{name}/infer`` body against the model."""
     head, binary = body, memoryview(b"")
     if header_length is not None:
-        expect(
-            0 < header_length <= len(body),
-            f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes",
-        )
+        if not (0 < header_length <= len(body)):
+            raise bad_request(
+                f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes"
+            )
         head, binary = body[:header_length], memoryview(body)[header_length:]
     request, inputs, params, request_id = _envelope(head)
     parsed: list[Tensor] = []
@@ -178,37 +207,27 @@ def parse_infer_request(
     batch_sizes: set[int] = set()
     for item in inputs:
         info, shape = _signature(item, model, parsed)
-        name, datatype = info.name, info.datatype
         if model.max_batch_size > 0:
             batch_sizes.add(shape[0])
         numel = math.prod(shape)
         elements += numel
-        expect(
-            elements <= max_elements,
-            f"input {name!r}: the request holds more than {max_elements} elements; split it",
-            name,
-        )
-        tparams = item.get("parameters") or {}
-        expect(isinstance(tparams, dict), f"input {name!r}: 'parameters' must be an object")
-        size = tparams.get("binary_data_size")
-        if size is not None:
-            expect(
-                type(size) is int and 0 <= size <= len(binary) - offset,
-                f"input {name!r}: binary_data_size {size} exceeds the binary data left",
-                name,
+        if elements > max_elements:
+            raise bad_request(
+                f"input {info.name!r}: the request holds more than {max_elements} elements; "
+                "split it",
+                param=info.name,
             )
-            raw = bytes(binary[offset : offset + size])
-            raw = from_binary(name, datatype, raw, numel, max_text_chars=max_text_chars)
-            offset += size
-        else:
-            expect("data" in item, f"input {name!r} has neither 'data' nor binary data", name)
-            raw = from_json(name, datatype, item["data"], numel, max_text_chars=max_text_chars)
-        parsed.append(Tensor(name, datatype, tuple(shape), raw))
-    expect(offset == len(binary), f"{len(binary) - offset} bytes of binary data belong to no input")
+        raw, size = _tensor_bytes(item, info, numel, binary, offset, max_text_chars)
+        offset += size
+        parsed.append(Tensor(info.name, info.datatype, tuple(shape), raw))
+    if offset != len(binary):
+        raise bad_request(f"{len(binary) - offset} bytes of binary data belong to no input")
     given = {t.name for t in parsed}
     missing = [t.name for t in model.inputs if not t.optional and t.name not in given]
-    expect(not missing, f"model {model.name!r} needs inputs {missing}")
-    expect(len(batch_sizes) <= 1, f"inputs disagree on the batch size: {sorted(batch_sizes)}")
+    if missing:
+        raise bad_request(f"model {model.name!r} needs inputs {missing}")
+    if len(batch_sizes) > 1:
+        raise bad_request(f"inputs disagree on the batch size: {sorted(batch_sizes)}")
     binary_default = bool(params.get("binary_data_output", False))
     outputs = _outputs(request, model, binary_default)
     return InferRequest(request_id, parsed, outputs, binary_default, next(iter(batch_sizes), 1))

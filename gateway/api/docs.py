@@ -26,8 +26,9 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 from gateway.errors import not_found
 from gateway.guard import PUBLIC_PATHS, PUBLIC_PREFIX
+from gateway.routing import LeanRoute
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, route_class=LeanRoute)
 ASSETS = Path(str(resources.files("fastapi_offline") / "static"))
 _FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
 SECURITY_SCHEMES = {

@@ -20,9 +20,10 @@ from gateway.cache import CachedResponse
 from gateway.deps import JsonBody, ServicesDep, TenantDep
 from gateway.errors import ERRORS, GatewayError
 from gateway.models import ModelInfo
+from gateway.routing import LeanRoute
 from gateway.services import Services
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=LeanRoute)
 
 
 class Model(BaseModel):

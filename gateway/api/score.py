@@ -9,9 +9,10 @@ from gateway.admission import admitted, allow_model, cached_call, charge
 from gateway.cache import CachedResponse
 from gateway.deps import JsonBody, ServicesDep, TenantDep
 from gateway.errors import ERRORS
+from gateway.routing import LeanRoute
 from gateway.services import open_features
 
-router = APIRouter(prefix="/v1", tags=["features"])
+router = APIRouter(prefix="/v1", tags=["features"], route_class=LeanRoute)
 
 
 @router.post(

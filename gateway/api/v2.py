@@ -13,9 +13,10 @@ from gateway.admission import cached_call, charge
 from gateway.cache import CachedResponse
 from gateway.deps import ModelDep, ServicesDep, TenantDep
 from gateway.errors import V2_ERRORS
+from gateway.routing import LeanRoute
 
 VERSION = "0.1.0"
-router = APIRouter(prefix="/v2", tags=["v2"])
+router = APIRouter(prefix="/v2", tags=["v2"], route_class=LeanRoute)
 INFER_BODY = {
     "requestBody": {
         "required": True,
@@ -27,6 +28,36 @@ INFER_BODY = {
 }
 
 
+@router.post("/models/{model_name}/infer", openapi_extra=INFER_BODY, responses=V2_ERRORS)
+async def infer(model: ModelDep, request: Request, svc: ServicesDep, tenant: TenantDep) -> Response:
+    """Inference in the Open Inference Protocol (JSON or binary tensor data)."""
+    settings = svc.settings
+    parsed = v2.parse_infer_request(
+        await request.body(),
+        v2.header_length(request.headers.get(v2.HEADER_LENGTH)),
+        model,
+        max_text_chars=settings.max_text_chars,
+        max_elements=settings.max_tensor_elements,
+    )
+
+    async def produce() -> tuple[CachedResponse, str]:
+        inputs = [t.to_grpc() for t in parsed.inputs]
+        result = await svc.upstream.infer(
+            model, inputs, parsed.requested_outputs(), request_id=parsed.id
+        )
+        response = result.get_response()
+        payload, head = v2.encode_infer_response(response, parsed)
+        if head is None:
+            return CachedResponse(payload, "application/json"), response.model_version
+        headers = ((v2.HEADER_LENGTH, str(head)),)
+        return CachedResponse(payload, "application/octet-stream", headers), response.model_version
+
+    return await cached_call(
+        request, svc, tenant, model, parsed.cache_parts(), produce, items=parsed.batch_size()
+    )
+
+
+# the routes below are rare: the hot one is matched first
 @router.get("")
 async def server_metadata() -> dict[str, Any]:
     return {"name": "tritonstack-gateway", "version": VERSION, "extensions": ["binary_tensor_data"]}
@@ -61,33 +92,4 @@ async def model_ready(
         {"name": model.name, "ready": ok},
         status_code=200 if ok else 503,
         headers=decision.headers(),
-    )
-
-
-@router.post("/models/{model_name}/infer", openapi_extra=INFER_BODY, responses=V2_ERRORS)
-async def infer(model: ModelDep, request: Request, svc: ServicesDep, tenant: TenantDep) -> Response:
-    """Inference in the Open Inference Protocol (JSON or binary tensor data)."""
-    settings = svc.settings
-    parsed = v2.parse_infer_request(
-        await request.body(),
-        v2.header_length(request.headers.get(v2.HEADER_LENGTH)),
-        model,
-        max_text_chars=settings.max_text_chars,
-        max_elements=settings.max_tensor_elements,
-    )
-
-    async def produce() -> tuple[CachedResponse, str]:
-        inputs = [t.to_grpc() for t in parsed.inputs]
-        result = await svc.upstream.infer(
-            model, inputs, parsed.requested_outputs(), request_id=parsed.id
-        )
-        response = result.get_response()
-        payload, head = v2.encode_infer_response(response, parsed)
-        if head is None:
-            return CachedResponse(payload, "application/json"), response.model_version
-        headers = ((v2.HEADER_LENGTH, str(head)),)
-        return CachedResponse(payload, "application/octet-stream", headers), response.model_version
-
-    return await cached_call(
-        request, svc, tenant, model, parsed.cache_parts(), produce, items=parsed.batch_size()
     )

@@ -42,13 +42,19 @@ class CoalescingTransport:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] = []
+        self._later: asyncio.Handle | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._pending:
-            self._loop.call_soon(self.flush)
         self._pending.append(bytes(data))
+        if len(self._pending) > 1:  # a response's head and its body: out together, now
+            self.flush()
+        elif self._later is None:  # a lone write (a head whose body streams, a 408)
+            self._later = self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         if self._pending:
             data = b"".join(self._pending)
             self._pending.clear()

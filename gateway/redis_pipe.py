@@ -84,9 +84,12 @@ class _Connection(asyncio.Protocol):
             raise ConnectionError("the Redis connection is closed")
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in range(count)]
+        idle = not self.waiting  # nothing in flight: no other request to share a write with
         self.waiting.extend(futures)
         self.buffer += data
-        if linger_s <= 0:
+        if linger_s <= 0 and idle and not self.flush_soon:
+            self.flush()  # now, not a loop turn later
+        elif linger_s <= 0:
             if not self.flush_soon:  # one write per loop turn, however many requests
                 self.flush_soon = True
                 loop.call_soon(self.flush)

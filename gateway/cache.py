@@ -94,11 +94,12 @@ def _tag(signing_key: bytes, key: str, blob: bytes) -> bytes:
 
 def cache_key(tenant: str, model: str, version: str, *parts: bytes) -> str:
     """``model:version:sha256(tenant, parts)``, each part length-prefixed (no ambiguity)."""
-    digest = hashlib.sha256()
-    for part in (tenant.encode(), *parts):
-        digest.update(len(part).to_bytes(8, "little"))
-        digest.update(part)
-    return f"{model}:{version}:{digest.hexdigest()}"
+    framed = b"".join(b for part in (tenant.encode(), *parts) for b in (_length(part), part))
+    return f"{model}:{version}:{hashlib.sha256(framed).hexdigest()}"
+
+
+def _length(part: bytes) -> bytes:
+    return len(part).to_bytes(8, "little")
 
 
 class ResponseCache(Protocol):

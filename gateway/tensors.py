@@ -11,6 +11,7 @@ values share their cache entry.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +97,11 @@ def _strings(name: str, values: list[Any], max_text_chars: int) -> bytes:
     return b"".join(parts)
 
 
+@functools.cache
+def _limits(dtype: np.dtype[Any]) -> np.iinfo[Any]:
+    return np.iinfo(dtype)
+
+
 def _out_of_range(name: str, datatype: str, info: np.iinfo[Any]) -> GatewayError:
     message = f"input {name!r}: values must lie in [{info.min}, {info.max}] for {datatype}"
     return bad_request(message, param=name)
@@ -103,7 +109,7 @@ def _out_of_range(name: str, datatype: str, info: np.iinfo[Any]) -> GatewayError
 
 def _integers(name: str, datatype: str, dtype: np.dtype[Any], values: list[Any]) -> bytes:
     kinds = set(map(type, values))
-    info = np.iinfo(dtype)
+    info = _limits(dtype)
     floats = [v for v in values if type(v) is float] if float in kinds else []
     if floats and kinds <= {int, float} and all(v.is_integer() and abs(v) >= 2**63 for v in floats):
         # integer literals beyond 64 bits, which the fast JSON parser reads as floats

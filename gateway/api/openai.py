@@ -26,7 +26,7 @@ from gateway.services import Services
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=LeanRoute)
 
 
-class Model(BaseModel):
+class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
     created: int = 0  # Triton does not say when a model was made
@@ -35,7 +35,7 @@ class Model(BaseModel):
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
-    data: list[Model]
+    data: list[ModelCard]
 
 
 async def _pipeline(svc: Services, requested: str) -> ModelInfo:
@@ -125,5 +125,5 @@ async def list_models(request: Request, svc: ServicesDep, tenant: TenantDep) -> 
     embedding model and its aliases when the key may use it; no other tenant's."""
     decision = await charge(request, svc, tenant)
     names = [n for n, encoder in svc.embedding_models.items() if tenant.config.may_use(encoder)]
-    listed = ModelList(data=[Model(id=name) for name in names])
+    listed = ModelList(data=[ModelCard(id=name) for name in names])
     return JSONResponse(listed.model_dump(), headers=decision.headers())

@@ -167,6 +167,7 @@ def main(
     profile: Path | None = typer.Option(None, help="directory for py-spy profiles"),
     profile_point: str = typer.Option("gateway-v2-json-miss:32", help="target:concurrency"),
     label: str = typer.Option("", help="a note on the machine's state (e.g. shared)"),
+    stem: str = typer.Option("gateway", help="results file name: <date>-vm-<stem>.{json,md}"),
 ) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on a kill too
     settings = StackSettings()
@@ -195,8 +196,9 @@ def main(
             f"python -m benchmarks.gateway_overhead --concurrency {concurrency} "
             f"--seconds {seconds:g} --repeats {repeats} --save {save}"
             + (f" --profile {profile} --profile-point {profile_point}" if profile else "")
+            + (f" --stem {stem}" if stem != "gateway" else "")
         )
-        gateway_report.save(save, measured, summary, checks, profiles, command, label)
+        gateway_report.save(save, measured, summary, checks, profiles, command, label, stem)
 
 
 if __name__ == "__main__":

@@ -174,9 +174,10 @@ def save(
     profiles: dict[str, Any],
     command: str,
     label: str,
+    name: str = "gateway",
 ) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    stem = directory / f"{date.today().isoformat()}-vm-gateway"
+    stem = directory / f"{date.today().isoformat()}-vm-{name}"
     machine = report.machine("load generator, gateway, floor, Redis and Triton share the cores")
     if label:
         machine += f"; {label}"

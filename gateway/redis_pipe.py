@@ -1,14 +1,16 @@
 """The hot path's Redis commands on one pipelined connection (hiredis parses the replies).
 
 Every gateway request runs one or two Redis commands (the rate-limit script with the cache
-lookup, and the cache fill). Through redis-py's asyncio client each costs the gateway 80-160 us
-of CPU (its connection pool, retry and instrumentation layers; coredis measured no better),
-more than a third of what the floor of a Python forwarder spends on a whole request
-(benchmarks/README.md, "Gateway overhead"). ``RedisPipe`` sends them on one connection that any
-number of requests share: commands issued in the same event-loop turn go out in one write,
-replies come back in order (Redis answers a connection's commands in the order sent) and are
-matched to their requests by a queue. Replies are parsed by ``hiredis``, the parser redis-py
-itself uses; errors are redis-py's exception types, so callers handle them as before.
+lookup, and the cache fill). Through redis-py's asyncio client each cost the gateway more CPU
+than the rest of a cache hit (its connection pool, retry and instrumentation layers; coredis
+was no better): benchmarks/README.md, "Gateway overhead", has the measurements.
+
+``RedisPipe`` sends them on one connection that any number of requests share: commands issued
+in the same event-loop turn go out in one write, replies come back in order (Redis answers a
+connection's commands in the order sent) and are matched to their requests by a queue.
+Replies are parsed by ``hiredis``, the parser redis-py itself uses; errors are redis-py's
+exception types, so callers handle them as before. A cache fill nobody waits for lingers until
+the next command that is waited for (at c=1, the next request's lookup): one round trip less.
 
 Each batch has a deadline (``timeout_s``): past it, the connection is closed (its replies can
 no longer be matched) and every request waiting on it fails with ``TimeoutError``; the next

@@ -2,10 +2,9 @@
 
 FastAPI builds the OpenAPI description, validates the declarations and analyses each endpoint's
 signature into a ``Dependant`` once, at start-up. Per request its handler then runs a generic
-dependency solver, two exit stacks, telemetry hooks and response serialization: measured on the
-gateway's inference route, ~50 us for an endpoint with only a ``Request`` and ~100 us with the
-gateway's dependencies, several times the ~11 us Starlette takes for the same route
-(benchmarks/README.md, "Gateway overhead").
+dependency solver, two exit stacks, telemetry hooks and response serialization: several times
+what Starlette spends on the same route (benchmarks/README.md, "Gateway overhead", has the
+measurements).
 
 ``LeanRoute`` keeps FastAPI's analysis and replaces the per-request part with a resolver
 compiled from it: the endpoint's ``Request``, its path parameters, its dependencies (``async``

@@ -158,6 +158,11 @@ async def _load_and_profile(
     return commands
 
 
+def _relative(path: Path) -> Path:
+    """A path under the working directory as the command line would write it."""
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+
+
 def main(
     concurrency: str = typer.Option("1,8,32", help="comma-separated concurrency levels"),
     seconds: float = typer.Option(8.0, help="measured seconds per point"),
@@ -192,6 +197,7 @@ def main(
     checks = gateway_report.targets_met(summary)
     console.print(checks)
     if save is not None:
+        save, profile = _relative(save), _relative(profile) if profile else None
         command = (
             f"python -m benchmarks.gateway_overhead --concurrency {concurrency} "
             f"--seconds {seconds:g} --repeats {repeats} --save {save}"

@@ -11,6 +11,9 @@ CPU time per call (``time.process_time``), in-process, one event loop:
 - **Redis**: the rate-limit script with the cache lookup (one pipeline) and the cache fill
   (``SET EX``) through redis-py's asyncio client and through ``gateway.redis_pipe.RedisPipe``,
   against a real redis-server, one and 32 callers at a time;
+- **gRPC**: one MiniLM inference (16 token ids) through ``tritonclient.grpc.aio`` (what the
+  floor does) and through ``gateway.triton.TritonGrpc``, against a real Triton, one and 32
+  callers at a time (the call's CPU in this process: building, sending, waiting, decoding);
 - **JSON**: a v2 answer with a 384-float output encoded by the standard library (what the
   floor forwarder does) and by orjson (what the gateway does).
 """
@@ -29,6 +32,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import orjson
+import tritonclient.grpc.aio as grpcaio
 import typer
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
@@ -40,10 +44,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message
 
 from benchmarks import report
+from benchmarks.loadgen import grpc_text_inputs, random_ids, text_arrays
+from deploy.local.harness import triton_server
 from deploy.local.redis import RedisServer
+from deploy.local.settings import StackSettings
 from gateway.ratelimit import RedisRateLimiter
 from gateway.redis_pipe import RedisPipe
 from gateway.routing import LeanRoute, add_routes
+from gateway.triton import RawInput, TritonGrpc
 
 PATH = "/v2/models/minilm/infer"
 
@@ -166,6 +174,27 @@ async def _redis(url: str, n: int) -> dict[str, float]:
     return found
 
 
+async def _grpc(url: str, n: int) -> dict[str, float]:
+    rng = np.random.default_rng(0)
+    stock, ours = grpcaio.InferenceServerClient(url), TritonGrpc(url)
+
+    async def via_stock(_: int) -> None:
+        await stock.infer("minilm", grpc_text_inputs(random_ids(rng, 16)), client_timeout=30)
+
+    async def via_ours(_: int) -> None:
+        arrays = text_arrays(random_ids(rng, 16))
+        raw = [RawInput(k, "INT64", a.shape, a.astype("<i8").tobytes()) for k, a in arrays.items()]
+        await ours.infer("minilm", raw, client_timeout=30)
+
+    found: dict[str, float] = {}
+    for c in (1, 32):
+        for name, call in (("tritonclient.grpc.aio", via_stock), ("TritonGrpc", via_ours)):
+            found[f"MiniLM inference, {name}, c={c}"] = await _cpu_us(call, n // 4, c)
+    await stock.close()
+    await ours.close()
+    return found
+
+
 def _json(n: int) -> dict[str, float]:
     vector = np.random.default_rng(0).random(384, dtype=np.float32)
     answer = {
@@ -203,6 +232,11 @@ def main(
         RedisServer(Path(tmp)) as redis,
     ):
         results["redis"] = asyncio.run(_redis(redis.url, calls))
+    with (
+        tempfile.TemporaryDirectory(prefix="tritonstack-parts-") as tmp,
+        triton_server(StackSettings(), Path(tmp), ["minilm"]) as triton,
+    ):
+        results["grpc"] = asyncio.run(_grpc(triton.grpc_url, calls))
     results["json"] = _json(calls)
     for part, rows in results.items():
         for name, us in rows.items():

@@ -43,14 +43,23 @@ def record(pid: int, stem: Path, seconds: float, rate: int = 250) -> list[str]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     commands = []
     for fmt, suffix in (("flamegraph", ".svg"), ("raw", ".txt")):
-        command = [
-            exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
-            "--rate", str(rate), "--nonblocking", "--format", fmt,
-            "--output", str(stem.with_suffix(suffix)),
-        ]  # fmt: skip
+        output = str(stem.with_suffix(suffix))
+        duration = str(max(1, round(seconds)))
+        command = [exe, "record", "--pid", str(pid), "--duration", duration, "--rate", str(rate)]
+        command += ["--nonblocking", "--format", fmt, "--output", output]
         subprocess.run(command, check=True, capture_output=True, timeout=seconds + 60)
         commands.append(" ".join(command[1:]))
+        scrub(stem.with_suffix(suffix))
     return commands
+
+
+def scrub(path: Path) -> None:
+    """File paths in a profile made relative: the checkout, the environment, the interpreter."""
+    text = path.read_text()
+    prefixes = {f"{Path.cwd()}/", f"{sys.prefix}/lib/", f"{sys.base_prefix}/lib/"}
+    for prefix in sorted(prefixes, key=len, reverse=True):
+        text = text.replace(prefix, "")
+    path.write_text(text)
 
 
 def _frame(raw: str) -> str:

@@ -210,7 +210,9 @@ def test_perf_analyzer_measures_the_pipeline_with_raw_strings(
     data = write_text_input_data(TEXTS, tmp_path / "text.json")
     sweep = run_sweep(
         runtime, MODEL, triton.grpc_url, protocol="grpc", input_data=data, concurrency=[2],
-        out_dir=tmp_path, measurement_interval_ms=500, max_trials=3, timeout_s=120,
+        # max_trials: three stable windows in a row are enough, but one window starved by a
+        # loaded machine must not fail the run (it did in CI's order, with 3 trials)
+        out_dir=tmp_path, measurement_interval_ms=500, max_trials=10, timeout_s=120,
     )  # fmt: skip
     (point,) = sweep.points
     assert point.model == MODEL and point.concurrency == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from pydantic import ValidationError
@@ -17,7 +18,11 @@ def main(argv: list[str]) -> int:
         print("usage: python -m monitoring capture|monitor", file=sys.stderr)
         return 2
     try:
-        settings = CaptureSettings() if argv == ["capture"] else MonitorSettings()
+        # secrets as files (Compose): CAPTURE_SECRETS_DIR/capture_redis_password
+        secrets = os.environ.get("CAPTURE_SECRETS_DIR") or None
+        settings = (
+            CaptureSettings(_secrets_dir=secrets) if argv == ["capture"] else MonitorSettings()
+        )
     except ValidationError as exc:
         print(f"monitoring: invalid settings: {exc}", file=sys.stderr)
         return 2

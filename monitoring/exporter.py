@@ -6,8 +6,9 @@ the metrics too):
 
 * ``tritonstack_drift_score{model, version, feature, method}`` and
   ``tritonstack_drift_threshold{...}``: the alert fires when a score passes its threshold
-  (psi per feature and for the prediction, domain_classifier_auc for an embedding; mmd and the
-  KS p-value, ``method="ks"``, are shown, never alerted on);
+  (psi per feature and for the prediction, domain_classifier_auc for an embedding; mmd has no
+  threshold: shown, never alerted on);
+* ``tritonstack_drift_pvalue{..., method="ks"}``: the two-sample KS test's p-value;
 * ``tritonstack_drift_rows{model, version, side}``: rows compared (current, reference);
 * ``tritonstack_live_auc`` / ``tritonstack_live_logloss`` / ``tritonstack_live_labels`` /
   ``tritonstack_live_auc_floor`` ``{model, version}``;
@@ -94,18 +95,25 @@ class MonitorCollector(Collector):
         threshold = GaugeMetricFamily(
             "tritonstack_drift_threshold", "Score past which the feature drifted", labels=labels
         )
+        pvalue = GaugeMetricFamily(
+            "tritonstack_drift_pvalue", "Two-sample test p-value per feature (low: differs)",
+            labels=labels,
+        )  # fmt: skip
         rows = GaugeMetricFamily(
             "tritonstack_drift_rows", "Rows compared", labels=["model", "version", "side"]
         )
         for result in last.drift:
             for sc in result.scores:
                 key = [result.model, result.version, sc.feature, sc.method]
+                if sc.method == "ks":  # lower is more different: not a score
+                    pvalue.add_metric(key, sc.value)
+                    continue
                 score.add_metric(key, sc.value)
                 if not math.isnan(sc.threshold):
                     threshold.add_metric(key, sc.threshold)
             rows.add_metric([result.model, result.version, "current"], result.current_rows)
             rows.add_metric([result.model, result.version, "reference"], result.reference_rows)
-        yield from (score, threshold, rows)
+        yield from (score, threshold, pvalue, rows)
         mv = ["model", "version"]
         auc = GaugeMetricFamily(
             "tritonstack_live_auc", "ROC AUC of answers with feedback", labels=mv

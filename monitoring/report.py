@@ -43,10 +43,16 @@ def summary(result: DriftResult, accuracy: list[Accuracy]) -> dict[str, Any]:
 
 def prometheus_text(result: DriftResult, accuracy: list[Accuracy]) -> str:
     lines = []
-    for name, kind in (("tritonstack_drift_score", "score"), ("tritonstack_drift_threshold", "t")):
+    for name, kind in (
+        ("tritonstack_drift_score", "score"),
+        ("tritonstack_drift_threshold", "t"),
+        ("tritonstack_drift_pvalue", "p"),
+    ):
         lines.append(f"# TYPE {name} gauge")
         for s in result.scores:
-            value = s.value if kind == "score" else s.threshold
+            if (s.method == "ks") != (kind == "p"):
+                continue
+            value = s.threshold if kind == "t" else s.value
             if not math.isnan(value):
                 labels = (
                     f'model="{result.model}",version="{result.version}",'

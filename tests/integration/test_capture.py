@@ -25,8 +25,10 @@ from redis.asyncio import Redis as AsyncRedis
 
 from deploy.local.process import free_port
 from deploy.local.redis import RedisServer
-from gateway.capture import CaptureRecord, Tensor, index_key
+from gateway import feedback
+from gateway.capture import CaptureRecord, Tensor, decode, index_key
 from gateway.capture_writer import CaptureMetrics, CaptureWriter, WriterOptions
+from gateway.errors import GatewayError
 from monitoring.settings import CaptureSettings
 from monitoring.sink import Sink, SinkMetrics
 from monitoring.store import Store
@@ -250,3 +252,53 @@ def test_the_manifest_acl_lets_each_user_do_its_part_only(acl_redis: RedisServer
     ):
         with pytest.raises(redis.exceptions.NoPermissionError):
             forbidden()
+
+
+def test_feedback_is_taken_for_the_tenants_own_indexed_requests_only(
+    redis_server: RedisServer,
+) -> None:
+    stream = "tritonstack:capture:feedback-test"
+
+    async def run() -> None:
+        client = AsyncRedis.from_url(redis_server.url, socket_timeout=1)
+        options = WriterOptions(stream=stream, feedback_models={"driver_ranker"})
+        writer = CaptureWriter(client, options)
+        writer.offer(record(7))  # scored entities 7 and 8
+        writer.offer(record(9, model="minilm"))  # not a feedback model: not indexed
+        assert await writer.flush()
+        ok = await feedback.record(
+            client, feedback.FeedbackRequest(request_id="r7", outcome=1, entity_id=8), "alpha",
+            stream=stream, maxlen=1000,
+        )  # fmt: skip
+        assert (ok.model, ok.model_version, ok.item) == ("driver_ranker", "1", 1)
+        refused = [
+            ("r7", "beta", {"entity_id": 8}, 404),  # another tenant's request: unknown to it
+            ("nope", "alpha", {"item": 0}, 404),
+            ("r9", "alpha", {"item": 0}, 404),  # minilm takes no feedback here
+            ("r7", "alpha", {}, 422),  # two items: which one?
+            ("r7", "alpha", {"entity_id": 5}, 422),
+            ("r7", "alpha", {"item": 2}, 422),
+            ("r7", "alpha", {"item": 0, "entity_id": 8}, 422),
+        ]
+        for request_id, tenant, extra, status in refused:
+            body = feedback.FeedbackRequest(request_id=request_id, outcome=0, **extra)
+            with pytest.raises(GatewayError) as caught:
+                await feedback.record(client, body, tenant, stream=stream, maxlen=1000)
+            assert caught.value.status == status, (request_id, tenant, extra)
+        entries = await client.xrange(stream)
+        kinds = [decode(fields).kind for _, fields in entries]
+        assert kinds == ["inference", "inference", "feedback"]
+        await client.aclose()
+        dead = AsyncRedis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.2,
+                                   socket_connect_timeout=0.2)  # fmt: skip
+        with pytest.raises(GatewayError) as caught:
+            body = feedback.FeedbackRequest(request_id="r7", outcome=1, entity_id=8)
+            await feedback.record(dead, body, "alpha", stream=stream, maxlen=1000)
+        assert caught.value.status == 503 and caught.value.headers["Retry-After"]
+        await dead.aclose()
+
+    asyncio.run(run())
+    with pytest.raises(ValueError):
+        feedback.FeedbackRequest(request_id="bad id with spaces", outcome=1)
+    with pytest.raises(ValueError):
+        feedback.FeedbackRequest(request_id="r1", outcome=2)

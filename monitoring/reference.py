@@ -78,11 +78,14 @@ def frame(table: pa.Table, spec: Spec) -> tuple[pd.DataFrame, np.ndarray | None]
         data["prediction"] = (
             _element(table, "prediction", 0) if named else _element(table, column, index)
         )
-    tab = pd.DataFrame(data).replace([np.inf, -np.inf], np.nan).dropna()
+    # a value a row lacks (an answer from the cache carries no outputs) is NaN: each statistic
+    # uses the rows that have its column
+    tab = pd.DataFrame(data).replace([np.inf, -np.inf], np.nan).dropna(how="all")
     embedding = None
     if spec.embedding:
         source = "embedding" if "embedding" in table.column_names else spec.embedding
-        values = table.column(source).combine_chunks()
+        column = table.column(source)
+        values = column.filter(pc.is_valid(column)).combine_chunks()
         width = len(values[0]) if len(values) else 0
         flat = values.flatten().to_numpy(zero_copy_only=False)
         embedding = np.asarray(flat, dtype=np.float32).reshape(-1, width) if width else None

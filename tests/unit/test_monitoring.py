@@ -4,6 +4,7 @@ references, Evidently drift on synthetic data, live accuracy, the gauges and the
 from __future__ import annotations
 
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from gateway.capture import (
     text_hash,
     text_tensors,
 )
+from gateway.capturing import embeddings_record, new_request_id, score_record, tensors_record
 from monitoring import reference, report
 from monitoring.accuracy import live_accuracy
 from monitoring.drift import compare
@@ -261,3 +263,41 @@ def test_the_monitor_exports_scores_thresholds_and_writes_a_report(
         assert (tmp_path / "report" / name).stat().st_size > 0, name
     assert "no drift" in index.read_text()
     assert evaluate(settings.model_copy(update={"models": ["nothing"]}), drift_store).drift == []
+
+
+def test_the_routes_records_and_answers_without_outputs() -> None:
+    """The builders of gateway.capturing, and captures of cache hits (no outputs) compared on
+    the columns they have."""
+    started = time.perf_counter()
+    scored = score_record("a", "alpha", "driver_ranker", "2", started=started, cache="miss",
+                          features=np.ones((3, 3)), scores=np.array([0.1, 0.2, 0.3]),
+                          entity_ids=[5, 6, 7])  # fmt: skip
+    assert scored.items == 3 and scored.entity_ids == (5, 6, 7) and scored.latency_ms >= 0
+    assert [t.name for t in scored.tensors] == ["features", "score"]
+    texts = embeddings_record("b", "alpha", "minilm", "1", started=started, cache="hit",
+                              texts=["x", "yy"], vectors=None, token_counts=None,
+                              keep_text=False)  # fmt: skip
+    assert [t.name for t in texts.tensors] == ["text_sha", "text_chars"]
+    v2 = tensors_record(
+        "c", "alpha", "minilm_text", "1", started=started, cache="miss", items=2,
+        inputs={"text": np.array([b"a", b"bb"], dtype=np.object_).reshape(2, 1)},
+        outputs={"sentence_embedding": np.zeros((2, 4), np.float32),
+                 "token_count": np.array([[3], [4]], np.int32)},
+        keep_text=True, route="/v2",
+    )  # fmt: skip
+    assert [t.name for t in v2.tensors] == [
+        "text_sha",
+        "text_chars",
+        "text",
+        "sentence_embedding",
+        "token_count",
+    ]
+    assert len(new_request_id()) == 32 and new_request_id() != new_request_id()
+    hits = [ranker_record(i, RNG.random((2, 3)), RNG.random(2), NOW.timestamp()) for i in range(60)]
+    for record in hits[::2]:  # answered from the cache: inputs only
+        record.tensors = record.tensors[:1]
+    table = inference_table([(f"5-{i}", r) for i, r in enumerate(hits)])
+    columns = {"f0": ("in.features", 0)}
+    spec = reference.Spec("driver_ranker", "1", "captures", columns, ("out.score", 0))
+    tab, _ = reference.frame(table, spec)
+    assert len(tab) == 120 and tab["prediction"].notna().sum() == 60

@@ -60,7 +60,7 @@ class CaptureMetrics:
             ["model", "reason"], registry=registry,
         )  # fmt: skip
         self.queued = Gauge(
-            "gateway_capture_queued_records", "Capture records waiting to be sent",
+            "gateway_capture_queued_records", "Capture records waiting to be sent or being sent",
             registry=registry,
         )  # fmt: skip
 
@@ -77,6 +77,9 @@ class CaptureWriter:
         self._retry_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._sending = 0  # records of the round trip under way
+        # read at scrape time: queued + being sent, so 0 means every offered record was settled
+        self.metrics.queued.set_function(lambda: len(self._queue) + self._sending)
 
     # -- the request side: O(1), never awaits ------------------------------------------------
     def offer(self, record: CaptureRecord) -> bool:
@@ -119,9 +122,9 @@ class CaptureWriter:
         """Send up to ``batch_max`` queued records in one round trip; False when it failed."""
         options = self.options
         batch = [self._queue.popleft() for _ in range(min(len(self._queue), options.batch_max))]
-        self.metrics.queued.set(len(self._queue))
         if not batch:
             return True
+        self._sending = len(batch)
         pipe = self.redis.pipeline(transaction=False)
         for record in batch:
             fields: dict[Any, Any] = record.fields()  # redis-py types its own key union
@@ -138,6 +141,8 @@ class CaptureWriter:
         except asyncio.CancelledError:  # closing mid-round-trip: unknown fate, counted dropped
             self._drop(batch, "redis_error")
             raise
+        finally:
+            self._sending = 0
         for record in batch:
             self.metrics.written.labels(model=record.model).inc()
         return True
@@ -157,7 +162,6 @@ class CaptureWriter:
                     break
         self._drop(list(self._queue), "redis_error")
         self._queue.clear()
-        self.metrics.queued.set(0)
 
     def _drop(self, records: list[CaptureRecord], reason: str) -> None:
         for record in records:

@@ -78,6 +78,7 @@ class CaptureWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._sending = 0  # records of the round trip under way
+        self._accepted = self._settled = 0  # records queued, ever; of those, written or dropped
         # read at scrape time: queued + being sent, so 0 means every offered record was settled
         self.metrics.queued.set_function(lambda: len(self._queue) + self._sending)
 
@@ -93,6 +94,7 @@ class CaptureWriter:
             metrics.dropped.labels(model=record.model, reason="queue_full").inc()
             return False
         self._queue.append(record)
+        self._accepted += 1
         if len(self._queue) >= self.options.batch_max:
             self._wake.set()
         return True
@@ -143,8 +145,21 @@ class CaptureWriter:
             raise
         finally:
             self._sending = 0
+            self._settled += len(batch)
         for record in batch:
             self.metrics.written.labels(model=record.model).inc()
+        return True
+
+    async def settle(self, timeout_s: float = 0.5) -> bool:
+        """Wait (at most ``timeout_s``) until the records queued before now were written or
+        dropped; False at once when none was waiting (feedback right after its request)."""
+        target = self._accepted
+        if self._settled >= target:
+            return False
+        self._wake.set()
+        deadline = time.monotonic() + timeout_s
+        while self._settled < target and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
         return True
 
     async def close(self, timeout_s: float = 1.0) -> None:
@@ -161,6 +176,7 @@ class CaptureWriter:
                 if not await asyncio.wait_for(self.flush(), max(deadline - time.monotonic(), 0)):
                     break
         self._drop(list(self._queue), "redis_error")
+        self._settled += len(self._queue)
         self._queue.clear()
 
     def _drop(self, records: list[CaptureRecord], reason: str) -> None:

@@ -12,6 +12,7 @@ goes onto the capture stream as a :class:`gateway.capture.FeedbackRecord` before
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -92,14 +93,21 @@ async def record(
     *,
     stream: str,
     maxlen: int,
+    settle: Callable[[], Awaitable[bool]] | None = None,
 ) -> FeedbackResponse:
-    """Check the request id belongs to ``tenant`` and append the outcome to the stream."""
+    """Check the request id belongs to ``tenant`` and append the outcome to the stream.
+    ``settle``: on an unknown id, wait for this replica's queued captures (its index may be
+    among them: feedback sent right after its answer) and look once more."""
     if redis is None:
         raise GatewayError(
-            503, "feedback_unavailable", "feedback needs Redis (GATEWAY_REDIS_URL) and capture"
-        )
+            503, "feedback_unavailable",
+            "feedback is off on this gateway: it needs capture (GATEWAY_CAPTURE_ENABLED) and Redis "
+            "(GATEWAY_REDIS_URL)",
+        )  # fmt: skip
     try:
         raw = await redis.get(index_key(body.request_id))
+        if raw is None and settle is not None and await settle():
+            raw = await redis.get(index_key(body.request_id))
     except (RedisError, OSError, TimeoutError):
         raise _unavailable() from None
     if raw is None:

@@ -34,12 +34,13 @@ async def post_feedback(
     ``GATEWAY_CAPTURE_FEEDBACK_TTL_S``. A request that scored several entities names the one
     with ``entity_id`` (or ``item``)."""
     decision = await charge(request, svc, tenant)
-    settings = svc.settings
+    settings, capture = svc.settings, svc.capture
     answer = await feedback.record(
-        svc.redis if svc.capture is not None else None,
+        svc.redis if capture is not None else None,
         body,
         tenant.name,
         stream=settings.capture_stream,
         maxlen=settings.capture_stream_maxlen,
+        settle=capture.writer.settle if capture is not None else None,
     )
     return JSONResponse(answer.model_dump(), status_code=202, headers=decision.headers())

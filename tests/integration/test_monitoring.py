@@ -105,6 +105,7 @@ def monitored(
             yield {
                 "gateway": gateway, "prometheus": prometheus, "store": Store(store_url),
                 "reference": table.to_pandas(), "monitor": monitor,
+                "drivers": [int(d) for d in redis_features.dataset.drivers["active"][:2]],
             }  # fmt: skip
 
 
@@ -180,18 +181,19 @@ def test_drift_and_live_accuracy_reach_prometheus_and_the_alert_fires(
 
 def test_feedback_is_the_tenants_own_and_says_what_is_wrong(monitored: dict[str, Any]) -> None:
     gateway = monitored["gateway"]
+    first, second = monitored["drivers"]  # active drivers: fresh online features
     with httpx.Client(base_url=gateway.url, timeout=30) as client:
-        score = client.post("/v1/score", headers=ALPHA, json={"entity_ids": [1001, 1002]})
+        score = client.post("/v1/score", headers=ALPHA, json={"entity_ids": [first, second]})
         assert score.status_code == 200, score.text
         request_id = score.headers["X-Request-Id"]
-        body = {"request_id": request_id, "entity_id": 1002, "outcome": 1}
+        body = {"request_id": request_id, "entity_id": second, "outcome": 1}
         ok = client.post("/v1/feedback", headers=ALPHA, json=body)
         assert ok.status_code == 202 and ok.json()["item"] == 1, ok.text
         cases = [
-            (BETA_KEY, {"request_id": request_id, "entity_id": 1002, "outcome": 1}, 404),
+            (BETA_KEY, {"request_id": request_id, "entity_id": second, "outcome": 1}, 404),
             (ALPHA_KEY, {"request_id": "0" * 32, "outcome": 1}, 404),
             (ALPHA_KEY, {"request_id": request_id, "outcome": 1}, 422),  # which of the two?
-            (ALPHA_KEY, {"request_id": request_id, "entity_id": 9, "outcome": 1}, 422),
+            (ALPHA_KEY, {"request_id": request_id, "entity_id": -1, "outcome": 1}, 422),
             (ALPHA_KEY, {"request_id": request_id, "outcome": 7}, 422),
             (ALPHA_KEY, {"outcome": 1}, 422),
         ]

@@ -106,6 +106,9 @@ def main(
     repeats: int = typer.Option(3, min=1),
     fill_seconds: float = typer.Option(10.0, help="full load with the sink paused (capacity)"),
     save: Path | None = typer.Option(None, help="directory for <date>-vm-capture.{json,md}"),
+    shared: bool = typer.Option(
+        True, "--shared/--quiet", help="label the results: the machine was shared (or quiet)"
+    ),
 ) -> None:
     console = Console()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -172,7 +175,8 @@ def main(
     summary = _summarize(points, routes)
     console.print(summary)
     if save is not None:
-        _save(save, points, summary, capacity, drains, concurrency, seconds, repeats)
+        _save(save, points, summary, capacity, drains, concurrency, seconds, repeats, shared,
+              fill_seconds)  # fmt: skip
 
 
 def _summarize(points: list[Point], routes: list[str]) -> list[dict[str, Any]]:
@@ -202,15 +206,18 @@ def _summarize(points: list[Point], routes: list[str]) -> list[dict[str, Any]]:
 def _save(
     directory: Path, points: list[Point], summary: list[dict[str, Any]],
     capacity: list[dict[str, Any]], drains: list[dict[str, float]], c: int, seconds: float,
-    repeats: int,
+    repeats: int, shared: bool, fill_seconds: float,
 ) -> None:  # fmt: skip
     directory.mkdir(parents=True, exist_ok=True)
     stem = directory / f"{date.today().isoformat()}-vm-capture"
     machine = report.machine(
         "load generator, two gateways, Redis, the sink and Triton share the cores"
+        + ("; measured while the machine was shared with other work" if shared else "")
     )
+    label = "--shared" if shared else "--quiet"
     command = (f"python -m benchmarks.capture_overhead --concurrency {c} --seconds {seconds:g} "
-               f"--repeats {repeats} --save {directory}")  # fmt: skip
+               f"--repeats {repeats} --fill-seconds {fill_seconds:g} --save {directory} "
+               f"{label}")  # fmt: skip
     stem.with_suffix(".json").write_text(json.dumps(
         {"machine": machine, "command": command, "summary": summary, "capacity": capacity,
          "drains": drains, "points": [asdict(p) for p in points]}, indent=2) + "\n")  # fmt: skip

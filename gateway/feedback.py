@@ -99,8 +99,8 @@ async def record(
     ``settle``: on an unknown id, wait for this replica's queued captures (its index may be
     among them: feedback sent right after its answer) and look once more."""
     if redis is None:
-        raise GatewayError(
-            503, "feedback_unavailable",
+        raise GatewayError(  # 404: this gateway has no feedback to take (a 5xx would say retry)
+            404, "feedback_disabled",
             "feedback is off on this gateway: it needs capture (GATEWAY_CAPTURE_ENABLED) and Redis "
             "(GATEWAY_REDIS_URL)",
         )  # fmt: skip

@@ -226,8 +226,8 @@ def test_feedback_is_the_tenants_own_and_says_what_to_fix(captured: Captured) ->
     assert down.status_code == 503 and down.headers["retry-after"] == "1"
 
 
-def test_feedback_without_capture_is_503_that_says_why() -> None:
+def test_feedback_without_capture_is_404_that_says_why() -> None:
     with TestClient(create_app(_settings(), upstream=FakeTriton())) as client:
         answer = client.post("/v1/feedback", json={"request_id": "ab", "outcome": 1}, headers=ALPHA)
-        assert answer.status_code == 503
+        assert answer.status_code == 404 and answer.json()["error"]["code"] == "feedback_disabled"
         assert "capture" in answer.json()["error"]["message"]

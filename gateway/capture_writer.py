@@ -34,6 +34,7 @@ class WriterOptions:
     stream: str = "tritonstack:capture"
     maxlen: int = 100_000  # entries the stream keeps (approximately): Redis' memory bound
     queue_max: int = 10_000  # records waiting in this process; past it new ones are dropped
+    queue_max_bytes: int = 64 << 20  # and their tensors' bytes: the process' memory bound
     batch_max: int = 256  # records per round trip
     max_record_bytes: int = 1 << 20  # larger records are dropped (reason "too_large")
     flush_interval_s: float = 0.05  # a partial batch waits at most this long
@@ -72,7 +73,8 @@ class CaptureWriter:
         self.redis = redis
         self.options = options
         self.metrics = metrics or CaptureMetrics(CollectorRegistry())
-        self._queue: deque[CaptureRecord] = deque()
+        self._queue: deque[tuple[CaptureRecord, int]] = deque()  # each with its size
+        self._queued_bytes = 0
         self._wake = asyncio.Event()
         self._retry_at = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -87,13 +89,19 @@ class CaptureWriter:
         """Queue ``record`` (counted as sampled); False when it was dropped at once."""
         metrics = self.metrics
         metrics.sampled.labels(model=record.model).inc()
-        if record.size() > self.options.max_record_bytes:
+        size, options = record.size(), self.options
+        if size > options.max_record_bytes:
             metrics.dropped.labels(model=record.model, reason="too_large").inc()
             return False
-        if len(self._queue) >= self.options.queue_max or self._closing:
+        if (
+            len(self._queue) >= options.queue_max
+            or self._queued_bytes + size > options.queue_max_bytes
+            or self._closing
+        ):
             metrics.dropped.labels(model=record.model, reason="queue_full").inc()
             return False
-        self._queue.append(record)
+        self._queue.append((record, size))
+        self._queued_bytes += size
         self._accepted += 1
         if len(self._queue) >= self.options.batch_max:
             self._wake.set()
@@ -123,7 +131,9 @@ class CaptureWriter:
     async def flush(self) -> bool:
         """Send up to ``batch_max`` queued records in one round trip; False when it failed."""
         options = self.options
-        batch = [self._queue.popleft() for _ in range(min(len(self._queue), options.batch_max))]
+        taken = [self._queue.popleft() for _ in range(min(len(self._queue), options.batch_max))]
+        self._queued_bytes -= sum(size for _, size in taken)
+        batch = [record for record, _ in taken]
         if not batch:
             return True
         self._sending = len(batch)
@@ -175,9 +185,10 @@ class CaptureWriter:
             while self._queue and time.monotonic() < deadline:
                 if not await asyncio.wait_for(self.flush(), max(deadline - time.monotonic(), 0)):
                     break
-        self._drop(list(self._queue), "redis_error")
+        self._drop([record for record, _ in self._queue], "redis_error")
         self._settled += len(self._queue)
         self._queue.clear()
+        self._queued_bytes = 0
 
     def _drop(self, records: list[CaptureRecord], reason: str) -> None:
         for record in records:

@@ -64,7 +64,8 @@ def open_capture(svc: Services) -> Capture | None:
         return None
     options = WriterOptions(
         stream=settings.capture_stream, maxlen=settings.capture_stream_maxlen,
-        queue_max=settings.capture_queue_max, max_record_bytes=settings.capture_max_record_bytes,
+        queue_max=settings.capture_queue_max, queue_max_bytes=settings.capture_queue_max_bytes,
+        max_record_bytes=settings.capture_max_record_bytes,
         feedback_models=frozenset(settings.capture_feedback_models),
         index_ttl_s=settings.capture_feedback_ttl_s,
     )  # fmt: skip

@@ -158,6 +158,7 @@ class GatewaySettings(BaseSettings):
     capture_stream: str = "tritonstack:capture"
     capture_stream_maxlen: int = Field(100_000, ge=1, description="entries Redis keeps (~)")
     capture_queue_max: int = Field(10_000, ge=1, description="records waiting in a replica")
+    capture_queue_max_bytes: int = Field(64 << 20, ge=1, description="their tensors' bytes")
     capture_max_record_bytes: int = Field(1 << 20, ge=1, description="larger: dropped, counted")
     capture_text: bool = Field(False, description="keep the texts themselves (else a hash)")
     capture_feedback_models: list[str] = Field(

@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from features.schema import MODEL_FEATURES
 from gateway.app import create_app
-from gateway.capture import CaptureRecord, FeedbackRecord, Sampler, decode, text_hash
+from gateway.capture import CaptureRecord, FeedbackRecord, Sampler, Tensor, decode, text_hash
 from gateway.capture_writer import CaptureMetrics, CaptureWriter, WriterOptions
 from gateway.capturing import Capture
 from gateway.services import Services
@@ -231,3 +231,25 @@ def test_feedback_without_capture_is_404_that_says_why() -> None:
         answer = client.post("/v1/feedback", json={"request_id": "ab", "outcome": 1}, headers=ALPHA)
         assert answer.status_code == 404 and answer.json()["error"]["code"] == "feedback_disabled"
         assert "capture" in answer.json()["error"]["message"]
+
+
+def test_the_writers_queue_is_bounded_in_records_and_in_bytes() -> None:
+    registry = CollectorRegistry()
+    options = WriterOptions(queue_max=3, queue_max_bytes=1000, max_record_bytes=600)
+    writer = CaptureWriter(FakeRedis(), options, CaptureMetrics(registry))  # type: ignore[arg-type]
+
+    def record(nbytes: int) -> CaptureRecord:
+        array = np.zeros(nbytes // 4, np.float32)
+        return CaptureRecord("r", 0.0, "alpha", "m", "1", "/v2", 1.0, 1,
+                             (Tensor("x", "input", array.reshape(1, -1)),))  # fmt: skip
+
+    taken = [writer.offer(record(n)) for n in (400, 400, 400, 800, 100, 100, 100)]
+    assert taken == [True, True, False, False, True, False, False]  # bytes, too large, records
+    dropped = {
+        reason: registry.get_sample_value(
+            "gateway_capture_dropped_total", {"model": "m", "reason": reason}
+        )
+        for reason in ("queue_full", "too_large")
+    }
+    assert dropped == {"queue_full": 3.0, "too_large": 1.0}
+    assert registry.get_sample_value("gateway_capture_queued_records") == 3

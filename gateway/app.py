@@ -33,6 +33,7 @@ from gateway.admission import charge_refusal
 from gateway.api import ROUTERS, docs
 from gateway.api.v2 import VERSION
 from gateway.cache import LocalCache, RedisCache, ResponseCache
+from gateway.capturing import open_capture
 from gateway.errors import GatewayError, Shapes, error_response, to_gateway_error
 from gateway.guard import Guard
 from gateway.health import Health
@@ -105,6 +106,8 @@ async def _close(svc: Services) -> None:
     await svc.upstream.close()
     if svc.features is not None:
         await svc.features.close()
+    if svc.capture is not None:  # what it queued, within a second; the rest dropped, counted
+        await svc.capture.writer.close(timeout_s=1.0)
     if svc.redis_pipe is not None:
         await svc.redis_pipe.close()
     if svc.redis is not None:
@@ -118,6 +121,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = svc.settings
     await svc.upstream.open()
     _open_redis(svc, app.state.injected)
+    svc.capture = open_capture(svc)
     if settings.scoring_enabled and svc.features is None:  # a store not set up: 503 on /v1/score
         with contextlib.suppress(GatewayError):
             await open_features(svc)

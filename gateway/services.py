@@ -21,6 +21,7 @@ from gateway.tenants import Authenticator
 from gateway.upstream import Upstream
 
 if TYPE_CHECKING:
+    from gateway.capturing import Capture
     from gateway.health import Health
 
 log = logging.getLogger("gateway")
@@ -42,6 +43,7 @@ class Services:
     features: OnlineFeatures | None = None
     feature_settings: FeatureSettings | None = None
     in_flight: dict[str, int] = field(default_factory=dict)  # per tenant, this process
+    capture: Capture | None = None  # gateway.capturing: None when capture is off
 
 
 async def open_features(svc: Services) -> OnlineFeatures:

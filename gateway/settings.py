@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -148,6 +148,23 @@ class GatewaySettings(BaseSettings):
 
     # -- shutdown ---------------------------------------------------------------------------------
     drain_timeout_s: float = Field(20.0, ge=0, description="in-flight requests finish within")
+
+    # -- inference capture (gateway/capturing.py) and feedback ----------------------------------
+    capture_enabled: bool = Field(False, description="sampled records to a Redis Stream")
+    capture_sample_rates: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: {"*": 0.1},
+        description='per "tenant/model", "model", "tenant/*" or "*" (the most specific wins)',
+    )
+    capture_stream: str = "tritonstack:capture"
+    capture_stream_maxlen: int = Field(100_000, ge=1, description="entries Redis keeps (~)")
+    capture_queue_max: int = Field(10_000, ge=1, description="records waiting in a replica")
+    capture_queue_max_bytes: int = Field(64 << 20, ge=1, description="their tensors' bytes")
+    capture_max_record_bytes: int = Field(1 << 20, ge=1, description="larger: dropped, counted")
+    capture_text: bool = Field(False, description="keep the texts themselves (else a hash)")
+    capture_feedback_models: list[str] = Field(
+        default_factory=lambda: ["driver_ranker"], description="models POST /v1/feedback takes"
+    )
+    capture_feedback_ttl_s: int = Field(3600, ge=1, description="feedback follows within")
 
     _json_tenants: dict[str, TenantConfig] = PrivateAttr(default_factory=dict)
 

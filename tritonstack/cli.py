@@ -24,6 +24,7 @@ from tritonstack.console import fail as _fail
 from tritonstack.demo import run_demo
 from tritonstack.features_cli import features_app
 from tritonstack.infer import Endpoint, InferenceError, Protocol, TextEmbedder
+from tritonstack.monitor_cli import capture_app, drift, monitor_app
 from tritonstack.stack_cli import register as register_stack_commands
 
 
@@ -63,6 +64,9 @@ app.add_typer(features_app, name="features")
 app.add_typer(bench_app, name="bench")
 register_stack_commands(app)  # up, down, status, logs
 app.command()(batch)  # batch scoring of a dataset through Triton
+app.add_typer(capture_app, name="capture")  # the capture sink
+app.add_typer(monitor_app, name="monitor")  # drift + live accuracy gauges, references
+app.command()(drift)  # the drift report of a model
 
 
 @app.command()

@@ -2,7 +2,8 @@
 
 export (reused when the installed artefact still matches its report) -> features -> ``up`` ->
 embeddings over gRPC, REST and the gateway checked against PyTorch (sentence-transformers) ->
-perf_analyzer sweep -> driver scores -> summary. The stack stays up until ``tritonstack down``.
+perf_analyzer sweep -> driver scores -> a drift report of the demo's own traffic -> summary.
+The stack stays up until ``tritonstack down``.
 Each step is a call into the package that owns it; this module strings them together and
 prints. The export step's imports load torch and are deferred into it on purpose: a reused
 export never pays for them.
@@ -22,6 +23,7 @@ from export.reader import is_current
 from tritonstack import features_cli
 from tritonstack.console import styled
 from tritonstack.demo_checks import embed_and_compare, score
+from tritonstack.demo_monitoring import drift_report
 
 
 def _export(console: Console, settings: StackSettings) -> bool:
@@ -92,13 +94,18 @@ def run_demo(console: Console) -> int:
     except SweepError as exc:
         console.print(styled("4. perf_analyzer failed", "red", f": {exc}"))
         ok = False
+    drift = None
     if gateway is not None:
         ok = score(console, gateway.url, key) and ok
+        if stack.read_service(settings, "capture") is not None:
+            drift = drift_report(console, settings, gateway.url, key)
+            ok = drift is not None and ok
     summary = (
         f"Triton gRPC  {state.grpc_url}\nTriton HTTP  http://{state.http_url}\n"
         f"metrics      http://{state.host}:{state.metrics_port}/metrics\n"
         f"log          {state.log}\n"
-        + (f"gateway      {gateway.url}  (key: {key})\n\n" if gateway else "\n")
+        + (f"gateway      {gateway.url}  (key: {key})\n" if gateway else "")
+        + (f"drift report {drift}\n\n" if drift else "\n")
         + "try:  .venv/bin/tritonstack infer 'hello world' --protocol http\n"
         "      .venv/bin/tritonstack status --json\n"
         "stop: .venv/bin/tritonstack down"

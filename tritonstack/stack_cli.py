@@ -124,7 +124,7 @@ def _print_status(info: dict[str, Any]) -> None:
     columns = ("service", "state", "health", "pid", "uptime", "restarts", "last exit", "address")
     for column in columns:
         table.add_column(column)
-    for name in ("triton", "redis", "gateway"):
+    for name in ("triton", "redis", "gateway", "capture", "monitor"):
         entry = info[name]
         if entry is None:
             continue

@@ -8,6 +8,7 @@ process and the next one. The supervisor runs them; ``up`` plans them.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from deploy.local.errors import TritonStartError
 from deploy.local.gateway import GatewayProcess, ensure_dev_tenant, http_ok
+from deploy.local.monitoring import MonitoringProcess, Role
 from deploy.local.process import BackgroundProcess, free_port
 from deploy.local.redis import RedisServer, redis_ping
 from deploy.local.runtime import TritonRuntime
@@ -27,6 +29,8 @@ LOG_FILES = {
     "triton": Path("triton") / "tritonserver.log",
     "redis": Path("redis") / "redis.log",
     "gateway": Path("gateway") / "gateway.log",
+    "capture": Path("capture") / "capture.log",
+    "monitor": Path("monitor") / "monitor.log",
     "supervisor": Path("supervisor") / "supervisor.log",
 }
 
@@ -70,6 +74,16 @@ def plan(settings: StackSettings, shm_prefix: str) -> dict[str, ServiceRecord]:
             "gateway", host, {"http": port, "metrics": metrics}, f"http://{host}:{port}",
             str(log_path(settings, "gateway")),
         )  # fmt: skip
+    if settings.capture and settings.redis and settings.gateway:
+        for name, wanted in (
+            ("capture", settings.capture_metrics_port),
+            ("monitor", settings.monitor_metrics_port),
+        ):
+            metrics = _port(wanted, host, taken)
+            records[name] = ServiceRecord(
+                name, host, {"metrics": metrics}, f"http://{host}:{metrics}/metrics",
+                str(log_path(settings, name)),
+            )  # fmt: skip
     return records
 
 
@@ -136,11 +150,17 @@ def specs(settings: StackSettings, state: StackState) -> list[ServiceSpec]:
         built.append(
             ServiceSpec(
                 "gateway",
-                lambda: _gateway(settings, gateway, triton.url, redis_url),
+                lambda: _gateway(
+                    settings, gateway, triton.url, redis_url, capture="capture" in state.services
+                ),
                 lambda: http_ok(f"{gateway.url}/healthz", settings.liveness_timeout_s),
                 lambda: None,
             )
         )
+    for name in ("capture", "monitor"):
+        record = state.services.get(name)
+        if record is not None:
+            built.append(_monitoring_spec(settings, record, redis.url if redis else None))
     return built
 
 
@@ -148,8 +168,45 @@ def _remove_regions(prefix: str) -> None:
     remove_shm_regions(prefix)
 
 
+def _monitoring_spec(
+    settings: StackSettings, record: ServiceRecord, redis_url: str | None
+) -> ServiceSpec:
+    return ServiceSpec(
+        record.name,
+        lambda: _monitoring(settings, record, redis_url),
+        lambda: http_ok(record.metrics_url, settings.liveness_timeout_s),
+        lambda: None,
+    )
+
+
+def _monitoring(
+    settings: StackSettings, record: ServiceRecord, redis_url: str | None
+) -> MonitoringProcess:
+    """The capture sink or the monitor: the stack's store, a quick local cadence."""
+    role: Role = "capture" if record.name == "capture" else "monitor"
+    local = (
+        {"CAPTURE_CONSUMER": "local", "CAPTURE_LINGER_S": "2"}
+        if role == "capture"
+        else {"MONITOR_INTERVAL_S": "30"}
+    )
+    return MonitoringProcess(
+        role,
+        settings.home.absolute() / record.name,
+        store_url=str(settings.capture_store),
+        redis_url=redis_url,
+        metrics_port=record.ports["metrics"],
+        host=record.host,
+        settings={k: v for k, v in local.items() if k not in os.environ},
+    )
+
+
 def _gateway(
-    settings: StackSettings, record: ServiceRecord, triton_grpc_url: str, redis_url: str | None
+    settings: StackSettings,
+    record: ServiceRecord,
+    triton_grpc_url: str,
+    redis_url: str | None,
+    *,
+    capture: bool = False,
 ) -> GatewayProcess:
     directory = settings.home.absolute() / "gateway"
     tenants_file, _ = ensure_dev_tenant(directory)
@@ -162,6 +219,9 @@ def _gateway(
     }
     if "driver_ranker" in servable_models(settings.model_repository)[0]:
         env["GATEWAY_READY_REQUIRES_FEATURES"] = "true"
+    if capture and redis_url:  # the sink reads what the gateway captures from Redis
+        env["GATEWAY_CAPTURE_ENABLED"] = "true"
+        env["GATEWAY_CAPTURE_SAMPLE_RATES"] = json.dumps({"*": settings.capture_sample_rate})
     return GatewayProcess(
         directory,
         triton_grpc_url=triton_grpc_url,

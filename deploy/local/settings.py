@@ -31,6 +31,14 @@ class StackSettings(BaseSettings):
     gateway_metrics_port: int = Field(0, ge=0, le=65535, description="the gateway's /metrics")
     redis: bool = Field(True, description="start redis-server (False: in-process defaults)")
     redis_port: int = Field(0, ge=0, le=65535)
+    capture: bool = Field(
+        True, description="capture the gateway's traffic: the sink and the monitor (needs redis)"
+    )
+    capture_metrics_port: int = Field(0, ge=0, le=65535, description="the capture sink's /metrics")
+    monitor_metrics_port: int = Field(0, ge=0, le=65535, description="the monitor's /metrics")
+    capture_sample_rate: float = Field(
+        1.0, ge=0, le=1, description="share of each model's requests the gateway captures"
+    )
     response_cache_bytes: int = Field(
         0,
         ge=0,
@@ -58,6 +66,11 @@ class StackSettings(BaseSettings):
     @property
     def runtime_dir(self) -> Path:
         return (self.runtime_env or self.home / "runtime").absolute()
+
+    @property
+    def capture_store(self) -> Path:
+        """Where the local capture sink writes its Parquet parts (and references live)."""
+        return self.home.absolute() / "capture" / "store"
 
     @property
     def state_file(self) -> Path:

@@ -64,6 +64,8 @@ _COMMANDS = {
     "triton": ("tritonserver", "triton_python_backend_stub"),
     "redis": ("redis-server",),
     "gateway": ("-m gateway",),
+    "capture": ("-m monitoring capture",),
+    "monitor": ("-m monitoring monitor",),
 }
 Progress = Callable[[str], None]
 
@@ -225,9 +227,14 @@ _PORTS = {
     "redis_port": ("redis", "redis"),
     "gateway_port": ("gateway", "http"),
     "gateway_metrics_port": ("gateway", "metrics"),
+    "capture_metrics_port": ("capture", "metrics"),
+    "monitor_metrics_port": ("monitor", "metrics"),
 }
 # what defines a running stack (timeouts and restart settings do not: they are the supervisor's)
-_DEFINING = ("host", "model_repository", "runtime_env", "redis", "gateway", "response_cache_bytes")
+_DEFINING = (
+    "host", "model_repository", "runtime_env", "redis", "gateway", "response_cache_bytes",
+    "capture",
+)  # fmt: skip
 
 
 def _conflicts(state: StackState, wanted: StackSettings) -> list[str]:

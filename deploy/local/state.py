@@ -18,7 +18,7 @@ from typing import Any
 from deploy.local.process import pid_running
 
 # start order; `down` and the supervisor stop them in reverse
-SERVICES = ("triton", "redis", "gateway")
+SERVICES = ("triton", "redis", "gateway", "capture", "monitor")
 MAX_EXITS = 10  # exits kept per service (the newest last)
 FORMAT = 2
 

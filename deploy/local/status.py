@@ -46,6 +46,8 @@ def status(settings: StackSettings) -> dict[str, Any]:
             "triton": None,
             "redis": None,
             "gateway": None,
+            "capture": None,
+            "monitor": None,
             "models": None,
         }
     now = time.time()
@@ -71,6 +73,8 @@ def status(settings: StackSettings) -> dict[str, Any]:
         "triton": None,
         "redis": None,
         "gateway": None,
+        "capture": None,
+        "monitor": None,
         "models": None,
     }
     if not info["running"]:
@@ -126,6 +130,9 @@ def _service_status(settings: StackSettings, record: ServiceRecord, now: float) 
         )
     elif record.name == "redis":
         entry.update(url=record.url)
+    elif record.name in ("capture", "monitor"):  # their address is their /metrics
+        entry.update(ready=alive and http_ok(record.metrics_url), url=record.metrics_url,
+                     metrics=record.metrics_url)  # fmt: skip
     else:
         entry.update(
             ready=alive and http_ok(f"{record.url}/readyz"),

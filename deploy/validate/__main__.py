@@ -7,9 +7,15 @@ import sys
 from pathlib import Path
 
 import yaml
+from prometheus_client import CollectorRegistry
 
 from deploy.validate import compose, manifests, monitoring
+from gateway.capture_writer import CaptureMetrics
 from gateway.metrics import Metrics
+from monitoring.exporter import Monitor
+from monitoring.settings import MonitorSettings
+from monitoring.sink import SinkMetrics
+from monitoring.store import Store
 
 DEPLOY = Path(__file__).resolve().parents[1]
 OVERLAYS = sorted(p.parent for p in (DEPLOY / "k8s" / "overlays").glob("*/kustomization.yaml"))
@@ -18,16 +24,31 @@ PROMETHEUS = DEPLOY / "monitoring" / "prometheus"
 DASHBOARDS = sorted((DEPLOY / "monitoring" / "grafana" / "dashboards").glob("*.json"))
 
 
+def registry_names(registry: CollectorRegistry) -> set[str]:
+    """The metric names a registry exposes (counters with their ``_total``)."""
+    return {
+        f"{metric.name}_total" if metric.type == "counter" else metric.name
+        for metric in registry.collect()
+    }
+
+
 def gateway_metric_names() -> set[str]:
     """The metric names a gateway process registers (from its own registry)."""
-    names = set()
-    for metric in Metrics().registry.collect():  # counters are exposed with _total
-        names.add(f"{metric.name}_total" if metric.type == "counter" else metric.name)
-    return names
+    registry = Metrics().registry
+    CaptureMetrics(registry)
+    return registry_names(registry)
+
+
+def monitoring_metric_names() -> set[str]:
+    """The capture sink's and the monitor's metric names (their own registries)."""
+    registry = CollectorRegistry()
+    SinkMetrics(registry)
+    Monitor(MonitorSettings(), Store("memory://names"), registry)
+    return registry_names(registry)
 
 
 def known_metrics() -> set[str]:
-    return gateway_metric_names() | monitoring.TRITON_METRICS
+    return gateway_metric_names() | monitoring_metric_names() | monitoring.TRITON_METRICS
 
 
 def prometheus_rule_problems() -> list[str]:

@@ -44,7 +44,7 @@ TRITON_METRICS = frozenset(
 # Values for Grafana's variables, so that an expression can be parsed as PromQL.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h"}
 _VARIABLE = re.compile(r"\$\{?(\w+)\}?")
-_OUR_METRIC = re.compile(r"\b((?:gateway|nv)_[a-zA-Z0-9_]+)\b")
+_OUR_METRIC = re.compile(r"\b((?:gateway|nv|tritonstack)_[a-zA-Z0-9_]+)\b")
 _HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
@@ -101,11 +101,12 @@ def substitute_variables(expr: str, values: Mapping[str, str]) -> str:
 
 
 def metric_names(expr: str) -> set[str]:
-    """The ``gateway_*`` and ``nv_*`` metric names an expression reads (histogram suffixes off)."""
+    """The ``gateway_*``, ``tritonstack_*`` and ``nv_*`` metric names an expression reads
+    (histogram suffixes off)."""
     names = set()
     for name in _OUR_METRIC.findall(expr):
         for suffix in _HISTOGRAM_SUFFIXES:
-            if name.endswith(suffix) and name.startswith("gateway_"):
+            if name.endswith(suffix) and name.startswith(("gateway_", "tritonstack_")):
                 name = name.removesuffix(suffix)
         names.add(name)
     return names

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from gateway.api import docs, health, openai, score, v2
+from gateway.api import docs, feedback, health, openai, score, v2
 from gateway.errors import Shape
 
 ROUTERS: tuple[tuple[APIRouter, Shape], ...] = (
     (v2.router, Shape.v2),  # the inference routes first: routes are matched in order
     (openai.router, Shape.openai),
     (score.router, Shape.openai),
+    (feedback.router, Shape.openai),
     (health.router, Shape.openai),
     (docs.router, Shape.openai),
 )

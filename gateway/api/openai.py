@@ -8,13 +8,14 @@ under that version.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from gateway import embeddings
+from gateway import capturing, embeddings
 from gateway.admission import allow_model, cached_call, charge, label_model
 from gateway.cache import CachedResponse
 from gateway.deps import JsonBody, ServicesDep, TenantDep
@@ -108,15 +109,22 @@ async def create_embeddings(
     version = pipeline.step_versions.get(encoder) or (await svc.upstream.model(encoder)).version
     label_model(request, encoder)
     parts = [f"{encoder}@{version}".encode(), body.model.encode(), body.encoding_format.encode()]
+    captured = capturing.begin(svc, tenant, encoder)  # None: capture off or not sampled
 
     async def produce() -> tuple[CachedResponse, str]:
         vectors, tokens, ran = await embeddings.embed(svc.upstream, pipeline, encoded)
+        if captured is not None:
+            captured.keep((vectors, tokens))
         answer = embeddings.build_response(vectors, tokens, body)
         return CachedResponse(answer, "application/json"), ran
 
-    return await cached_call(
+    answer = await cached_call(
         request, svc, tenant, pipeline, [*parts, *encoded], produce, items=len(encoded)
     )
+    if captured is not None:
+        build = partial(capturing.v1_embeddings_record, texts=texts, version=version)
+        capturing.finish(captured, answer, build)
+    return answer
 
 
 @router.get("/models", response_model=ModelList, responses=ERRORS)

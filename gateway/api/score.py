@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import APIRouter, Request, Response
 
-from gateway import scoring
+from gateway import capturing, scoring
 from gateway.admission import admitted, allow_model, cached_call, charge
 from gateway.cache import CachedResponse
 from gateway.deps import JsonBody, ServicesDep, TenantDep
@@ -30,14 +32,22 @@ async def score(
     # charged before the features are read: a refused tenant costs the store nothing
     decision = await charge(request, svc, tenant, len(body.entity_ids))
     features = await scoring.model_input(reader, svc.feature_settings, body)
+    captured = capturing.begin(svc, tenant, model.name)  # None: capture off or not sampled
 
     async def produce() -> tuple[CachedResponse, str]:
         scores, version = await scoring.score(svc.upstream, model, features)
+        if captured is not None:
+            captured.keep(scores, version)
         answer = scoring.build_response(model.name, version, features, scores, body)
         return CachedResponse(answer.model_dump_json().encode(), "application/json"), version
 
     parts = scoring.cache_parts(features, body)
     items = len(body.entity_ids)
-    return await cached_call(
+    answer = await cached_call(
         request, svc, tenant, model, parts, produce, items=items, decision=decision
     )
+    if captured is not None:
+        build = partial(capturing.v1_score_record, features=features.array,
+                        entity_ids=features.entity_ids, version=model.version)  # fmt: skip
+        capturing.finish(captured, answer, build)
+    return answer

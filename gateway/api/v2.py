@@ -3,12 +3,13 @@ inference, JSON or binary tensors, errors as ``tritonclient.http`` reads them.""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from gateway import v2
+from gateway import capturing, v2
 from gateway.admission import cached_call, charge
 from gateway.cache import CachedResponse
 from gateway.deps import ModelDep, ServicesDep, TenantDep
@@ -39,6 +40,7 @@ async def infer(model: ModelDep, request: Request, svc: ServicesDep, tenant: Ten
         max_text_chars=settings.max_text_chars,
         max_elements=settings.max_tensor_elements,
     )
+    captured = capturing.begin(svc, tenant, model.name)  # None: capture off or not sampled
 
     async def produce() -> tuple[CachedResponse, str]:
         inputs = [t.to_grpc() for t in parsed.inputs]
@@ -46,15 +48,20 @@ async def infer(model: ModelDep, request: Request, svc: ServicesDep, tenant: Ten
             model, inputs, parsed.requested_outputs(), request_id=parsed.id
         )
         response = result.get_response()
+        if captured is not None:
+            captured.keep(response, response.model_version)
         payload, head = v2.encode_infer_response(response, parsed)
         if head is None:
             return CachedResponse(payload, "application/json"), response.model_version
         headers = ((v2.HEADER_LENGTH, str(head)),)
         return CachedResponse(payload, "application/octet-stream", headers), response.model_version
 
-    return await cached_call(
+    answer = await cached_call(
         request, svc, tenant, model, parsed.cache_parts(), produce, items=parsed.batch_size()
     )
+    if captured is not None:
+        capturing.finish(captured, answer, partial(capturing.v2_record, parsed=parsed, model=model))
+    return answer
 
 
 # the routes below are rare: the hot one is matched first

@@ -102,7 +102,11 @@ def test_prometheus_sees_both_targets_up_and_the_gateway_latency(
 
     # the alert rules of the Compose/Kubernetes set-up load and evaluate here
     groups = server.api("rules")["groups"]
-    assert {g["name"] for g in groups} == {"tritonstack.gateway", "tritonstack.triton"}
+    assert {g["name"] for g in groups} == {
+        "tritonstack.gateway",
+        "tritonstack.triton",
+        "tritonstack.monitoring",
+    }
     assert all(rule["health"] != "err" for g in groups for rule in g["rules"]), groups
 
 

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("export", "features", "gateway", "batch", "deploy", "benchmarks", "tritonstack")
+PACKAGES = (
+    "export", "features", "gateway", "batch", "monitoring", "deploy", "benchmarks", "tritonstack",
+)  # fmt: skip
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 # export's functions that write into a model repository (or build and install a model)
 WRITERS = {"export_model", "export_pytorch", "write_entry", "install_version"} | {
@@ -55,6 +57,13 @@ def test_the_tree_keeps_every_contract() -> None:
         ("export/_broken.py", "import gateway.tenants", "layers:"),
         ("batch/_broken.py", "import gateway.tenants", "layers:"),  # siblings, not layers
         ("gateway/_broken.py", "from export.reader import served_dir", "gateway: features only"),
+        # the gateway writes capture records; it never imports what reads them
+        ("gateway/_broken.py", "import monitoring.store", "layers:"),
+        (
+            "monitoring/_broken.py",
+            "from gateway.app import create_app",
+            "monitoring: gateway.capture",
+        ),
         (
             "benchmarks/_broken.py",
             "from export.tuning import apply_tuned",

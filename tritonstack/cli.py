@@ -24,6 +24,7 @@ from tritonstack.console import fail as _fail
 from tritonstack.demo import run_demo
 from tritonstack.features_cli import features_app
 from tritonstack.infer import Endpoint, InferenceError, Protocol, TextEmbedder
+from tritonstack.rollout_cli import rollout_app
 from tritonstack.stack_cli import register as register_stack_commands
 
 
@@ -61,6 +62,7 @@ app.command()(export_cli.export)
 app.command()(variants_cli.variants)
 app.add_typer(features_app, name="features")
 app.add_typer(bench_app, name="bench")
+app.add_typer(rollout_app, name="rollout")
 register_stack_commands(app)  # up, down, status, logs
 app.command()(batch)  # batch scoring of a dataset through Triton
 

@@ -89,8 +89,9 @@ class RouteStore:
         first = reason not in self.errors
         self.errors[reason] = self.errors.get(reason, 0) + 1
         if first or self.errors[reason] % 100 == 0:
-            log.warning("route table: %s (%s); keeping revision %d", reason, detail,
-                        self.table.revision)  # fmt: skip
+            log.warning(
+                "route table: %s (%s); keeping revision %d", reason, detail, self.table.revision
+            )
 
     async def refresh(self) -> bool:
         """One poll; True when the table in use changed."""
@@ -123,8 +124,12 @@ class RouteStore:
 
     def use(self, table: RouteTable, source: str) -> None:
         self.table, self.source = table, source
-        log.info("route table revision %d from %s: %s", table.revision, source,
-                 ", ".join(sorted(table.routes)) or "no routes")  # fmt: skip
+        log.info(
+            "route table revision %d from %s: %s",
+            table.revision,
+            source,
+            ", ".join(sorted(table.routes)) or "no routes",
+        )
         for callback in self.on_change:
             callback(table)
 

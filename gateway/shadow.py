@@ -108,8 +108,9 @@ class ShadowMirror:
         else:
             ok = within(shadow.metric, figures, shadow.budget)
             worst = float(figures.max() if shadow.metric == "rel_l2" else figures.min())
-            self.recorder.shadow(job.route, int(figures.size), int(np.count_nonzero(ok)),
-                                 float(figures.sum()), worst)  # fmt: skip
+            self.recorder.shadow(
+                job.route, int(figures.size), int(np.count_nonzero(ok)), float(figures.sum()), worst
+            )
             outcome = "within" if bool(ok.all()) else "outside"
         if self.observe:
             self.observe(job.route, outcome)

@@ -92,8 +92,9 @@ def judge_canary(
                 f"(stable {stable_p99_ms:.1f} ms x {settings.max_p99_ratio:g})",
                 found,
             )
-    return _at_time(mine.requests, settings.min_requests, "requests", elapsed_s, step_s,
-                    settings, found)  # fmt: skip
+    return _at_time(
+        mine.requests, settings.min_requests, "requests", elapsed_s, step_s, settings, found
+    )
 
 
 def judge_shadow(
@@ -122,8 +123,9 @@ def judge_shadow(
             f"mean {shadow.mean})",
             found,
         )
-    return _at_time(shadow.compared, settings.min_shadow_rows, "shadow rows", elapsed_s, step_s,
-                    settings, found)  # fmt: skip
+    return _at_time(
+        shadow.compared, settings.min_shadow_rows, "shadow rows", elapsed_s, step_s, settings, found
+    )
 
 
 def _at_time(

@@ -170,6 +170,10 @@ class Controller:
     def _load(self, state: RolloutState) -> None:
         s, m, repo = state.stable, state.model, self.settings.repository
         self._publish(state, [(s, 100)])
+        # Loading a pipeline reloads its steps from their files: the model's policy on disk must
+        # name what Triton serves before a pipeline is pinned, and both versions only after
+        if repo is not None:
+            write_version_policy(repo, m, [int(s)])
         for pipeline in state.pipelines:
             if repo is not None and (repo / pipeline / "config.pbtxt").is_file():
                 pin_step(repo, pipeline, m, int(s))
@@ -224,14 +228,25 @@ class Controller:
         s = self.settings
         if step.phase == "shadow":
             verdict = analysis.judge_shadow(
-                figures, state.stable, state.candidate, metric,  # type: ignore[arg-type]
-                float(state.budget["budget"]), elapsed, state.step_seconds, s,
-            )  # fmt: skip
+                figures,
+                state.stable,
+                state.candidate,
+                metric,  # type: ignore[arg-type]
+                float(state.budget["budget"]),
+                elapsed,
+                state.step_seconds,
+                s,
+            )
         else:
             verdict = analysis.judge_canary(
-                figures, state.stable, state.candidate, state.baseline, elapsed,
-                state.step_seconds, s,
-            )  # fmt: skip
+                figures,
+                state.stable,
+                state.candidate,
+                state.baseline,
+                elapsed,
+                state.step_seconds,
+                s,
+            )
         step.figures = verdict.figures
         arms, shadow = self._arms(state)  # Redis may have lost the table (no persistence here)
         if republish_if_lost(self.redis, state, routes_for(state, arms, shadow)):

@@ -15,7 +15,6 @@ from dataclasses import asdict
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from deploy.local import rollouts
 from deploy.local.errors import DeployError
@@ -27,6 +26,7 @@ from rollout.errors import RolloutError
 from rollout.settings import RolloutSettings
 from rollout.state import RolloutState
 from tritonstack.console import console, fail, int_list
+from tritonstack.rollout_view import print_history, print_state
 
 rollout_app = typer.Typer(
     help="Roll a model version out through the gateway: shadow, canary steps, then promote or "
@@ -95,8 +95,10 @@ def start(
         given = Budget(metric, budget, "given on the command line")  # type: ignore[arg-type]
     try:
         state = controller.start(model, version, shadow=shadow, budget=given)
-        _say(f"rollout {state.id}: {model} {state.stable} -> {state.candidate}; budget "
-             f"{state.budget['metric']} {state.budget['budget']:.8g}")  # fmt: skip
+        _say(
+            f"rollout {state.id}: {model} {state.stable} -> {state.candidate}; budget "
+            f"{state.budget['metric']} {state.budget['budget']:.8g}"
+        )
         state = controller.drive(model)
     except RolloutError as exc:
         raise fail(str(exc), cause=exc) from None
@@ -143,48 +145,19 @@ def status(
     reports = {n: rollout_records(repository, n) if repository else [] for n in names}
     if as_json:
         doc = {
-            n: {"current": asdict(s) if s else None, "driver": store.holder(n),
-                "history": history[n], "reports": reports[n]}
+            n: {
+                "current": asdict(s) if s else None,
+                "driver": store.holder(n),
+                "history": history[n],
+                "reports": reports[n],
+            }
             for n, s in found.items()
-        }  # fmt: skip
+        }
         console.print_json(json.dumps(doc, default=str))
         return
     if not names:
         console.print("no rollouts yet: `tritonstack rollout start --model M --version V`")
     for name, state in found.items():
         if state is not None:
-            _print_state(state, store.holder(name))
-        _print_history(name, reports[name] or history[name])
-
-
-def _print_state(state: RolloutState, driver: str | None) -> None:
-    who = f"driven by {driver}" if driver else "no controller drives it"
-    console.print(f"{state.model}: {state.id} {state.stable} -> {state.candidate}, "
-                  f"{state.phase} ({'done' if state.done else who})", highlight=False)  # fmt: skip
-    table = Table(title=None)
-    for column in ("step", "phase", "weight", "verdict", "candidate", "stable", "shadow"):
-        table.add_column(column)
-    for step in state.steps:
-        f = step.figures
-        cand, stab, sh = f.get("candidate", {}), f.get("stable", {}), f.get("shadow", {})
-        table.add_row(
-            str(step.index), step.phase, f"{step.weight}%", step.verdict or "...",
-            f"{cand.get('requests', 0)} req, {cand.get('errors', 0)} err, p99 {cand.get('p99_ms')}",
-            f"{stab.get('requests', 0)} req, {stab.get('errors', 0)} err, p99 {stab.get('p99_ms')}",
-            f"{sh.get('within', 0)}/{sh.get('rows', 0)} ok" if sh.get("rows") else "-",
-        )  # fmt: skip
-    console.print(table)
-    if state.reason:
-        console.print(f"reason: {state.reason}", highlight=False)
-
-
-def _print_history(model: str, records: list[dict[str, Any]]) -> None:
-    if not records:
-        return
-    console.print(f"{model} history:")
-    for r in records:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(r.get("started_unix", 0))))
-        src, dst = r.get("from", r.get("stable")), r.get("to", r.get("candidate"))
-        result = r.get("result", r.get("phase"))
-        console.print(f"  {when}  v{src} -> v{dst}  {result}: {r.get('reason', '')}",
-                      highlight=False)  # fmt: skip
+            print_state(state, store.holder(name))
+        print_history(name, reports[name] or history[name])

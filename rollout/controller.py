@@ -31,15 +31,16 @@ from collections.abc import Callable
 from redis import Redis
 
 from export.reader import read_report, version_dirs
-from export.repository import pin_step, record_rollout, write_version_policy
+from export.repository import record_rollout
 from gateway.rollout_stats import parse_step, stats_key
 from rollout import analysis
 from rollout.budget import Budget, combined
 from rollout.errors import ConflictError, PlanError, TritonAdminError
 from rollout.routes import publish, republish_if_lost, routes_for, wait_for_replicas
+from rollout.serving import Serving
 from rollout.settings import RolloutSettings
 from rollout.state import RolloutState, StateStore, Step, owner
-from rollout.triton_admin import PIPELINE_FILES, TritonAdmin, with_step, with_versions
+from rollout.triton_admin import TritonAdmin
 
 Say = Callable[[str], None]
 
@@ -52,8 +53,33 @@ class Controller:
         self.redis = redis
         self.admin = admin
         self.store = StateStore(redis, settings.state_dir)
+        writable = settings.repository if settings.repository_writes else None
+        self.serving = Serving(admin, writable)
         self.say: Say = say or (lambda _: None)
         self.me = owner()
+
+    @classmethod
+    def from_settings(cls, settings: RolloutSettings, say: Say | None = None) -> Controller:
+        """A controller for ``settings`` (Redis and Triton addresses set)."""
+        if not settings.redis_url:
+            raise PlanError("ROLLOUT_REDIS_URL is not set (the Redis the gateways read)")
+        password = settings.redis_password
+        redis = Redis.from_url(
+            settings.redis_url,
+            username=settings.redis_username,
+            password=password.get_secret_value() if password else None,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+        )
+        key = settings.triton_admin_key
+        admin = TritonAdmin(
+            settings.triton_http_urls,
+            admin_header=settings.triton_admin_header,
+            admin_key=key.get_secret_value() if key else None,
+            timeout_s=settings.triton_timeout_s,
+            load_timeout_s=settings.load_timeout_s,
+        )
+        return cls(settings, redis, admin, say)
 
     # -- planning ----------------------------------------------------------------------------
     def start(
@@ -168,27 +194,10 @@ class Controller:
         return time.monotonic() - started
 
     def _load(self, state: RolloutState) -> None:
-        s, m, repo = state.stable, state.model, self.settings.repository
-        self._publish(state, [(s, 100)])
-        # Loading a pipeline reloads its steps from their files: the model's policy on disk must
-        # name what Triton serves before a pipeline is pinned, and both versions only after
-        if repo is not None:
-            write_version_policy(repo, m, [int(s)])
-        for pipeline in state.pipelines:
-            if repo is not None and (repo / pipeline / "config.pbtxt").is_file():
-                pin_step(repo, pipeline, m, int(s))
-            self.admin.load(pipeline, with_step(self.admin.config(pipeline), m, int(s)))
-        if repo is not None:
-            write_version_policy(repo, m, [int(s), int(state.candidate)])
-        self.admin.load(m, with_versions(self.admin.config(m), [s, state.candidate]))
-        served = self.admin.served_versions(m)
-        if state.candidate not in served or s not in served:
-            raise TritonAdminError(f"after the load Triton serves {m} versions {served}")
-        for pipeline, pinned in state.pipelines.items():
-            config = with_step(self.admin.config(pipeline), m, int(state.candidate), pinned)
-            self.admin.load(pinned, config, PIPELINE_FILES)
-        state.event("loaded", f"Triton serves {m} versions {served}")
-        self.say(f"Triton serves {m} versions {', '.join(served)} side by side")
+        self._publish(state, [(state.stable, 100)])
+        served = self.serving.both(state.model, state.stable, state.candidate, state.pipelines)
+        state.event("loaded", f"Triton serves {state.model} versions {served}")
+        self.say(f"Triton serves {state.model} versions {', '.join(served)} side by side")
 
     def _next(self, state: RolloutState) -> None:
         passed = [st.weight for st in state.steps if st.phase == "canary" and st.verdict == "pass"]
@@ -270,39 +279,19 @@ class Controller:
         self._abort(state)
 
     def _promote(self, state: RolloutState) -> None:
-        c, m, repo = state.candidate, state.model, self.settings.repository
-        self._publish(state, [(c, 100)])
-        for pipeline in state.pipelines:
-            if repo is not None and (repo / pipeline / "config.pbtxt").is_file():
-                pin_step(repo, pipeline, m, -1)
-            self.admin.load(pipeline, with_step(self.admin.config(pipeline), m, -1))
-        if repo is not None:
-            write_version_policy(repo, m, [int(c)])
-        self.admin.load(m, with_versions(self.admin.config(m), [c]))
+        self._publish(state, [(state.candidate, 100)])
+        self.serving.only_candidate(state.model, state.candidate, state.pipelines)
         self._publish(state, None)
-        self._unload_pinned(state)
+        for line in self.serving.unload(state.pipelines):
+            self.say(line)
         self._finish(state, "promoted")
 
     def _abort(self, state: RolloutState) -> None:
-        s, m, repo = state.stable, state.model, self.settings.repository
-        state.result["rolled_back_after_s"] = round(self._publish(state, [(s, 100)]), 3)
-        self._unload_pinned(state)
-        if repo is not None:
-            write_version_policy(repo, m, [int(s)])
-        self.admin.load(m, with_versions(self.admin.config(m), [s]))
-        for pipeline in state.pipelines:
-            if repo is not None and (repo / pipeline / "config.pbtxt").is_file():
-                pin_step(repo, pipeline, m, -1)
-            self.admin.load(pipeline, with_step(self.admin.config(pipeline), m, -1))
+        state.result["rolled_back_after_s"] = round(self._publish(state, [(state.stable, 100)]), 3)
+        for line in self.serving.only_stable(state.model, state.stable, state.pipelines):
+            self.say(line)
         self._publish(state, None)
         self._finish(state, "aborted")
-
-    def _unload_pinned(self, state: RolloutState) -> None:
-        for pinned in state.pipelines.values():
-            try:
-                self.admin.unload(pinned)
-            except TritonAdminError as exc:  # already gone (a restarted Triton): nothing to do
-                self.say(f"unload {pinned}: {exc}")
 
     def _finish(self, state: RolloutState, phase: str) -> None:
         state.phase, state.ended_unix = phase, time.time()
@@ -315,7 +304,7 @@ class Controller:
             state.result["detected_after_s"] = round(detected - state.current.started_unix, 3)
         state.event(phase, state.reason)
         self.store.save(state)
-        repo = self.settings.repository
+        repo = self.serving.repository
         if repo is not None and (repo / state.model / state.candidate).is_dir():
             record_rollout(repo, state.model, int(state.candidate), record(state))
         self.say(f"{phase}: {state.reason}")

@@ -34,6 +34,11 @@ class RolloutSettings(BaseSettings):
     repository: Path | None = Field(
         None, description="the model repository: export reports, the served-version policy"
     )
+    repository_writes: bool = Field(
+        True,
+        description="pin what is served in the repository's configs and record rollouts in its "
+        "reports (off: a read-only copy, e.g. the models image in a Kubernetes Job)",
+    )
     state_dir: Path | None = Field(None, description="a copy of each rollout's state on disk")
 
     # -- the plan ----------------------------------------------------------------------------

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from redis import Redis
-
 from deploy.local.errors import StackNotRunningError
 from deploy.local.settings import StackSettings
 from deploy.local.stack import read_service, read_state
 from rollout.controller import Controller, Say
 from rollout.settings import RolloutSettings
-from rollout.triton_admin import TritonAdmin
 
 
 def for_stack(stack: StackSettings, settings: RolloutSettings) -> RolloutSettings:
@@ -43,26 +40,6 @@ def for_stack(stack: StackSettings, settings: RolloutSettings) -> RolloutSetting
     return settings.model_copy(update=update) if update else settings
 
 
-def redis_client(settings: RolloutSettings) -> Redis:
-    assert settings.redis_url is not None
-    password = settings.redis_password
-    return Redis.from_url(
-        settings.redis_url,
-        username=settings.redis_username,
-        password=password.get_secret_value() if password else None,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-    )
-
-
 def controller(settings: RolloutSettings, say: Say | None = None) -> Controller:
     """A controller for ``settings`` (completed by ``for_stack`` or set in full)."""
-    key = settings.triton_admin_key
-    admin = TritonAdmin(
-        settings.triton_http_urls,
-        admin_header=settings.triton_admin_header,
-        admin_key=key.get_secret_value() if key else None,
-        timeout_s=settings.triton_timeout_s,
-        load_timeout_s=settings.load_timeout_s,
-    )
-    return Controller(settings, redis_client(settings), admin, say)
+    return Controller.from_settings(settings, say)

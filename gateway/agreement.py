@@ -1,7 +1,7 @@
 """How far a shadow version's answer is from the primary's, in the model's task metric.
 
 The rollout controller reads the metric and its budget from the two versions' export reports
-and puts them into the route table (``gateway.routing.Shadow``): ``cosine`` for embeddings
+and puts them into the route table (``gateway.traffic.Shadow``): ``cosine`` for embeddings
 (each row's cosine similarity, at least the budget), ``top1`` for classifiers (each row's
 arg-max equal: 1 or 0; the share of agreeing rows at least the budget) and ``rel_l2`` for
 regressors and rankers (each row's relative L2 distance, at most the budget). Every
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from gateway.routing import Metric
+from gateway.traffic import Metric
 
 _TINY = 1e-12
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from gateway.routing import ModelRoute
+from gateway.traffic import ModelRoute
 
 STATS_PREFIX = "tritonstack:rollout:stats"
 STATS_TTL_S = 7 * 24 * 3600

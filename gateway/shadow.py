@@ -21,7 +21,7 @@ import numpy as np
 
 from gateway.agreement import compare, within
 from gateway.rollout_stats import StepRecorder
-from gateway.routing import ModelRoute
+from gateway.traffic import ModelRoute
 
 log = logging.getLogger("gateway")
 Outputs = Mapping[str, np.ndarray]

@@ -23,7 +23,7 @@ from typing import Any
 
 from gateway.agreement import passes
 from gateway.rollout_stats import StepFigures, VersionFigures
-from gateway.routing import Metric
+from gateway.traffic import Metric
 from rollout.settings import RolloutSettings
 
 

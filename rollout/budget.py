@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.routing import Metric
+from gateway.traffic import Metric
 from rollout.errors import PlanError
 
 TASK_METRICS: dict[str, Metric] = {

@@ -1,6 +1,6 @@
 """The rollout's part of the gateways' route table: built from its state, published, awaited.
 
-The table is one document for every model (``gateway.route_store.ROUTES_KEY``); a rollout
+The table is one document for every model (``gateway.traffic_store.ROUTES_KEY``); a rollout
 replaces only its model's entry and its pipelines' (``WATCH`` + ``MULTI``, so two rollouts of
 different models never lose each other's change), with a revision that is the clock in
 milliseconds (never lower than the one it replaces). ``wait_for_replicas`` returns once every
@@ -16,8 +16,8 @@ from redis import Redis, WatchError
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 
-from gateway.route_store import REPLICAS_KEY, ROUTES_KEY, parse_replicas
-from gateway.routing import Arm, ModelRoute, RouteTable, RouteTableError, Shadow, parse_table
+from gateway.traffic import Arm, ModelRoute, RouteTable, RouteTableError, Shadow, parse_table
+from gateway.traffic_store import REPLICAS_KEY, ROUTES_KEY, parse_replicas
 from rollout.errors import StoreError
 from rollout.state import RolloutState
 

@@ -20,7 +20,7 @@ RUN groupadd --system --gid 10001 rollout \
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY --chown=root:root rollout/ /app/rollout/
-COPY --chown=root:root gateway/__init__.py gateway/routing.py gateway/route_store.py \
+COPY --chown=root:root gateway/__init__.py gateway/traffic.py gateway/traffic_store.py \
      gateway/rollout_stats.py gateway/agreement.py /app/gateway/
 COPY --chown=root:root export/__init__.py export/errors.py export/status.py \
      export/model_config.py export/reader.py export/repository.py /app/export/

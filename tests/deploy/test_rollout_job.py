@@ -150,7 +150,7 @@ def _copied_modules() -> set[str]:
 
 def test_the_image_copies_every_first_party_module_the_controller_imports() -> None:
     copied = _copied_modules()
-    assert {"rollout.__main__", "gateway.routing", "export.reader"} <= copied
+    assert {"rollout.__main__", "gateway.traffic", "export.reader"} <= copied
     ours = ("rollout", "gateway", "export", "features", "deploy", "tritonstack", "batch")
     needed: set[str] = set()
     todo = ["rollout.__main__"]

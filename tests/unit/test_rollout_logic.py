@@ -25,9 +25,9 @@ from gateway.rollout_stats import (
     quantile,
     stats_key,
 )
-from gateway.route_store import RouteStore, load_file, parse_replicas
-from gateway.routing import Arm, ModelRoute, RouteTableError, Shadow, parse_table, sticky_key
 from gateway.shadow import ShadowJob, ShadowMirror
+from gateway.traffic import Arm, ModelRoute, RouteTableError, Shadow, parse_table, sticky_key
+from gateway.traffic_store import RouteStore, load_file, parse_replicas
 from rollout import analysis
 from rollout.budget import combined
 from rollout.errors import PlanError

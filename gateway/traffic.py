@@ -1,6 +1,6 @@
 """The route table: which model version answers a request, and which one gets a shadow copy.
 
-Pure logic (no I/O): :mod:`gateway.route_store` keeps the table current from Redis, the rollout
+Pure logic (no I/O): :mod:`gateway.traffic_store` keeps the table current from Redis, the rollout
 controller (``rollout/``) writes it. One table holds a route per model name a client calls; a
 model without a route is called as Triton serves it (its newest loaded version).
 

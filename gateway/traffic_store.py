@@ -1,6 +1,6 @@
 """The route table every gateway replica uses: Redis first, a local file as the embedded default.
 
-The rollout controller writes one JSON document (``gateway.routing``) to ``ROUTES_KEY``; each
+The rollout controller writes one JSON document (``gateway.traffic``) to ``ROUTES_KEY``; each
 replica reads it every ``GATEWAY_ROUTES_POLL_S`` (0.5 s: a change is used within a second)
 and takes it when its ``revision`` is higher than the one it uses. The revision is the
 controller's clock in milliseconds, so a table written again after Redis lost its data (no
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from gateway.routing import EMPTY, RouteTable, RouteTableError, parse_table
+from gateway.traffic import EMPTY, RouteTable, RouteTableError, parse_table
 
 log = logging.getLogger("gateway")
 ROUTES_KEY = "tritonstack:routes"

@@ -112,3 +112,26 @@ def record_rollout(repository: Path, name: str, version: int, record: Mapping[st
     rollouts = [r for r in report.get("rollouts", []) if r.get("id") != record.get("id")]
     report["rollouts"] = [*rollouts, dict(record)]
     _replace(path, json.dumps(report, indent=2, default=str) + "\n")
+
+
+def copy_version(repository: Path, name: str, source: int) -> Path:
+    """Publish version ``source`` of ``name`` again as a new version (the next number): hard
+    links to its files, its report marked ``copied_from`` (a rollout rehearsal, the demo)."""
+    model_dir = repository / name
+    numbers = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    target = max(numbers, default=0) + 1
+    staging = Path(tempfile.mkdtemp(prefix=f".{target}.", dir=model_dir))
+    staging.chmod(0o755)
+    try:
+        for item in (model_dir / str(source)).iterdir():
+            if item.is_file() and item.name != "report.json":
+                os.link(item, staging / item.name)
+        report = json.loads((model_dir / str(source) / "report.json").read_text())
+        report.update(version=target, copied_from=source)
+        report.pop("rollouts", None)
+        (staging / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        staging.rename(model_dir / str(target))
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return model_dir / str(target)

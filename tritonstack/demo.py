@@ -2,7 +2,8 @@
 
 export (reused when the installed artefact still matches its report) -> features -> ``up`` ->
 embeddings over gRPC, REST and the gateway checked against PyTorch (sentence-transformers) ->
-perf_analyzer sweep -> driver scores -> summary. The stack stays up until ``tritonstack down``.
+perf_analyzer sweep -> driver scores -> a second MiniLM version rolled out (shadow, canary,
+promote) -> summary. The stack stays up until ``tritonstack down``.
 Each step is a call into the package that owns it; this module strings them together and
 prints. The export step's imports load torch and are deferred into it on purpose: a reused
 export never pays for them.
@@ -22,6 +23,7 @@ from export.reader import is_current
 from tritonstack import features_cli
 from tritonstack.console import styled
 from tritonstack.demo_checks import embed_and_compare, score
+from tritonstack.demo_rollout import rollout_step
 
 
 def _export(console: Console, settings: StackSettings) -> bool:
@@ -94,6 +96,7 @@ def run_demo(console: Console) -> int:
         ok = False
     if gateway is not None:
         ok = score(console, gateway.url, key) and ok
+        ok = rollout_step(console, settings, gateway.url, key) and ok
     summary = (
         f"Triton gRPC  {state.grpc_url}\nTriton HTTP  http://{state.http_url}\n"
         f"metrics      http://{state.host}:{state.metrics_port}/metrics\n"

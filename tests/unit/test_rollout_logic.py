@@ -425,3 +425,20 @@ def test_importing_the_rollout_controller_loads_no_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     )
     assert found.stdout.strip() == "False"
+
+
+def test_a_version_published_again_is_hard_links_and_its_own_report(tmp_path: Path) -> None:
+    from export.repository import copy_version
+
+    source = tmp_path / "m" / "3"
+    source.mkdir(parents=True)
+    (source / "model.onnx").write_bytes(b"weights")
+    (source / "report.json").write_text(json.dumps({"version": 3, "rollouts": [{"id": "a"}]}))
+    made = copy_version(tmp_path, "m", 3)
+    assert (
+        made.name == "4"
+        and (made / "model.onnx").stat().st_ino == (source / "model.onnx").stat().st_ino
+    )
+    report = json.loads((made / "report.json").read_text())
+    assert report["version"] == 4 and report["copied_from"] == 3 and "rollouts" not in report
+    assert json.loads((source / "report.json").read_text())["rollouts"] == [{"id": "a"}]

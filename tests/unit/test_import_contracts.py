@@ -18,7 +18,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("export", "features", "gateway", "batch", "deploy", "benchmarks", "tritonstack")
+PACKAGES = (
+    "export",
+    "features",
+    "gateway",
+    "batch",
+    "rollout",
+    "deploy",
+    "benchmarks",
+    "tritonstack",
+)
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 # export's functions that write into a model repository (or build and install a model)
 WRITERS = {"export_model", "export_pytorch", "write_entry", "install_version"} | {
@@ -60,6 +69,8 @@ def test_the_tree_keeps_every_contract() -> None:
             "from export.tuning import apply_tuned",
             "benchmarks and batch read",
         ),
+        ("gateway/_broken.py", "import rollout.errors", "layers:"),  # below the controller
+        ("rollout/_broken.py", "import torch", "rollout: no torch"),
     ],
 )
 def test_a_breaking_import_fails_the_contract(

@@ -41,7 +41,7 @@ def row_agreement(metric: Metric, primary: np.ndarray, shadow: np.ndarray) -> np
 
 def worse(metric: Metric, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The worse of two per-row figures (rel_l2: the larger; the others: the smaller)."""
-    return np.maximum(a, b) if metric == "rel_l2" else np.minimum(a, b)
+    return np.asarray(np.maximum(a, b) if metric == "rel_l2" else np.minimum(a, b))
 
 
 def within(metric: Metric, figures: np.ndarray, budget: float) -> np.ndarray:

@@ -5,9 +5,11 @@ soon as the evidence is there:
 
 - **errors**: the candidate fails once it has ``min_errors`` errors and its error rate passes
   the stable version's by more than ``max_error_rate_increase``;
-- **latency**: once both have ``min_requests`` calls in the step, the candidate's p99 may be at
-  most ``max_p99_ratio`` times the stable's (or ``p99_slack_ms`` over it, whichever is larger).
-  At 100 % the stable version has no traffic: its figures of the previous step stand in;
+- **latency**: the candidate's p99 may be at most ``max_p99_ratio`` times the stable's (or
+  ``p99_slack_ms`` over it, whichever is larger): judged at every check once its whole
+  distribution moved (p50 and p99, ``min_requests`` calls), and at the end of the step on its
+  p99 alone (``min_latency_samples`` calls). At 100 % the stable version has no traffic: its
+  figures of the previous step stand in;
 - **shadow**: once ``min_shadow_rows`` rows were compared, the share within the budget must
   hold (``gateway.agreement.passes``); failed copies count as errors of the candidate.
 
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.agreement import passes
-from gateway.rollout_stats import StepFigures, VersionFigures
+from gateway.rollout_stats import StepFigures, VersionFigures, quantile
 from gateway.traffic import Metric
 from rollout.settings import RolloutSettings
 
@@ -34,14 +36,52 @@ class Verdict:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
+def _ms(seconds: float | None) -> float | None:
+    return round(seconds * 1000, 2) if seconds is not None else None
+
+
 def _version_figures(v: VersionFigures) -> dict[str, Any]:
-    p99 = v.p99()
     return {
         "requests": v.requests,
         "errors": v.errors,
         "error_rate": round(v.error_rate, 5),
-        "p99_ms": round(p99 * 1000, 2) if p99 is not None else None,
+        "p50_ms": _ms(quantile(v.latency, 0.5)),
+        "p99_ms": _ms(v.p99()),
     }
+
+
+def _slower(
+    mine: VersionFigures, reference: dict[str, Any], ended: bool, settings: RolloutSettings
+) -> str:
+    """Why the candidate is too slow ("": it is not, or it cannot be told yet).
+
+    At any check: its whole distribution moved (p50 and p99 both past the allowed ratio, on
+    ``min_requests`` calls). At the end of the step: its p99 alone, on ``min_latency_samples``
+    calls (a p99 of fewer calls is their slowest one, and the stable version's tail under the
+    same load is as long)."""
+    if not reference or mine.requests < settings.min_requests:
+        return ""
+
+    def allowed(stable_ms: float) -> float:
+        return max(stable_ms * settings.max_p99_ratio, stable_ms + settings.p99_slack_ms)
+
+    p50, p99 = _ms(quantile(mine.latency, 0.5)), _ms(mine.p99())
+    stable_p50, stable_p99 = reference.get("p50_ms"), reference.get("p99_ms")
+    if p50 is None or p99 is None or not stable_p50 or not stable_p99:
+        return ""
+    ratio = f"x {settings.max_p99_ratio:g}"
+    if p50 > allowed(stable_p50) and p99 > allowed(stable_p99):
+        return (
+            f"candidate p50 {p50:.1f} ms and p99 {p99:.1f} ms > allowed "
+            f"{allowed(stable_p50):.1f} / {allowed(stable_p99):.1f} ms "
+            f"(stable {stable_p50:.1f} / {stable_p99:.1f} ms {ratio})"
+        )
+    if ended and mine.requests >= settings.min_latency_samples and p99 > allowed(stable_p99):
+        return (
+            f"candidate p99 {p99:.1f} ms > {allowed(stable_p99):.1f} ms allowed "
+            f"(stable {stable_p99:.1f} ms {ratio}, {mine.requests} calls)"
+        )
+    return ""
 
 
 def summary(figures: StepFigures, stable: str, candidate: str) -> dict[str, Any]:
@@ -81,17 +121,9 @@ def judge_canary(
             f"({mine.error_rate:.1%}; stable {stable_rate:.1%}, allowed {limit:.1%})",
             found,
         )
-    p99 = mine.p99()
-    stable_p99_ms = reference.get("p99_ms") if reference else None
-    if mine.requests >= settings.min_requests and p99 is not None and stable_p99_ms:
-        allowed = max(stable_p99_ms * settings.max_p99_ratio, stable_p99_ms + settings.p99_slack_ms)
-        if p99 * 1000 > allowed:
-            return Verdict(
-                "fail",
-                f"candidate p99 {p99 * 1000:.1f} ms > {allowed:.1f} ms allowed "
-                f"(stable {stable_p99_ms:.1f} ms x {settings.max_p99_ratio:g})",
-                found,
-            )
+    slow = _slower(mine, reference, elapsed_s >= step_s, settings)
+    if slow:
+        return Verdict("fail", slow, found)
     return _at_time(
         mine.requests, settings.min_requests, "requests", elapsed_s, step_s, settings, found
     )

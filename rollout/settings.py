@@ -54,6 +54,9 @@ class RolloutSettings(BaseSettings):
     min_errors: int = Field(5, ge=1, description="errors before a candidate can fail on them")
     max_error_rate_increase: float = Field(0.01, ge=0, description="points over the stable's")
     max_p99_ratio: float = Field(1.5, ge=1, description="candidate p99 / stable p99")
+    min_latency_samples: int = Field(
+        100, ge=1, description="calls before a p99 alone can fail a step (at its end)"
+    )
     p99_slack_ms: float = Field(5.0, ge=0, description="p99 differences below this pass")
     min_shadow_rows: int = Field(50, ge=1, description="rows compared before shadow may pass")
     shadow_min_within: float = Field(

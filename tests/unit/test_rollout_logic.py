@@ -353,12 +353,17 @@ def test_the_budget_of_two_versions_adds_their_own() -> None:
 
 
 # -- verdicts ----------------------------------------------------------------------------------
-def figures(stable: tuple[int, int, float], candidate: tuple[int, int, float]) -> Any:
+def figures(
+    stable: tuple[int, int, float], candidate: tuple[int, int, float], slow: int = 0
+) -> Any:
+    """Step figures: (calls, errors, latency) per version; ``slow`` candidate calls at 0.2 s."""
     recorder, redis = StepRecorder("a"), FakeRedis()
     r = route(10)
     for version, (n, errors, latency) in (("1", stable), ("2", candidate)):
         for i in range(n):
             recorder.request(r, version, i >= errors, latency)
+    for _ in range(slow):
+        recorder.request(r, "2", True, 0.2)
     asyncio.run(recorder.flush(redis))  # type: ignore[arg-type]
     return parse_step(redis.hash(stats_key("r1", 1)))
 
@@ -369,7 +374,13 @@ def test_a_step_fails_on_errors_and_latency_and_passes_in_time() -> None:
     bad = judge(figures((500, 0, 0.01), (10, 6, 0.01)), "1", "2", {}, 1.0, 60, s)
     assert bad.kind == "fail" and "failed 6 of 10" in bad.reason
     slow = judge(figures((500, 0, 0.01), (60, 0, 0.08)), "1", "2", {}, 1.0, 60, s)
-    assert slow.kind == "fail" and "p99" in slow.reason
+    assert slow.kind == "fail" and "p50" in slow.reason  # everything moved: at once
+    tail = figures((500, 0, 0.01), (147, 0, 0.0105), slow=3)  # only its tail is long
+    assert judge(tail, "1", "2", {}, 1.0, 60, s).kind == "continue"
+    late = judge(tail, "1", "2", {}, 61.0, 60, s)
+    assert late.kind == "fail" and "p99" in late.reason and "150 calls" in late.reason
+    few = figures((500, 0, 0.01), (58, 0, 0.0105), slow=2)  # a p99 of 60 calls: not enough
+    assert judge(few, "1", "2", {}, 61.0, 60, s).kind == "pass"
     good = figures((500, 0, 0.01), (60, 0, 0.0105))
     assert judge(good, "1", "2", {}, 1.0, 60, s).kind == "continue"
     assert judge(good, "1", "2", {}, 61.0, 60, s).kind == "pass"
@@ -378,7 +389,8 @@ def test_a_step_fails_on_errors_and_latency_and_passes_in_time() -> None:
     assert judge(quiet, "1", "2", {}, 181.0, 60, s).kind == "fail"
     # at 100 % the stable's figures of the previous step are the baseline
     alone = figures((0, 0, 0.01), (60, 0, 0.08))
-    assert judge(alone, "1", "2", {"error_rate": 0, "p99_ms": 10.5}, 1, 60, s).kind == "fail"
+    baseline = {"error_rate": 0, "p50_ms": 10.5, "p99_ms": 10.5}
+    assert judge(alone, "1", "2", baseline, 1, 60, s).kind == "fail"
 
 
 TENSORS = (

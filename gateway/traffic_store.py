@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -84,6 +84,9 @@ class RouteStore:
         self._raw: bytes | None = None
         self.errors: dict[str, int] = {}  # reason -> count (redis, invalid)
         self.on_change: list[Callable[[RouteTable], None]] = []
+        # awaited with (old, new) before a table from Redis is used (e.g. to learn the versions
+        # it names, or no longer names, before any request is routed by it)
+        self.prepare: Callable[[RouteTable, RouteTable], Awaitable[None]] | None = None
 
     def _error(self, reason: str, detail: object) -> None:
         first = reason not in self.errors
@@ -119,6 +122,8 @@ class RouteStore:
             return False
         if table.revision <= self.table.revision:
             return False
+        if self.prepare is not None:
+            await self.prepare(self.table, table)
         self.use(table, "redis")
         return True
 

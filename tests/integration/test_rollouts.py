@@ -194,17 +194,24 @@ def test_a_failing_candidate_is_rolled_back_with_bounded_harm(
     assert step.phase == "canary" and step.weight == 10, state.reason
     assert ("failed" if fault == "errors" else "p99") in state.reason, state.reason
     assert world.served() == ["2"]
-    seen = load.between(step.started_unix, state.ended_unix or time.time())
-    failed = [a for a in seen if a.status != 200]
+    failed = [a for a in load.answers if a.status != 200]  # only the candidate ever fails
     if fault == "slow":
         assert failed == []
         return
+    # the candidate's share of the traffic, for as long as it took to see it fail and to send
+    # every caller back (+ the calls in flight then)
     detection = float(state.result["detected_after_s"]) + float(state.result["rolled_back_after_s"])
+    seen = load.between(step.started_unix, state.ended_unix or time.time())
     rate = len(seen) / max(1e-3, (state.ended_unix or time.time()) - step.started_unix)
-    bound = 0.10 * rate * (detection + 0.5) * 1.5 + CONCURRENCY
+    bound = 0.10 * rate * (detection + 1.0) * 1.5 + CONCURRENCY
     reported = int(state.result["candidate_failed_requests"])
     assert 0 < len(failed) <= bound, (len(failed), bound, detection, rate)
-    assert 0 < reported <= len(failed)
+    assert 0 < reported <= len(failed)  # the figures (flushed every 0.25 s) lag the clients
+    print(
+        f"erroring candidate: {len(failed)} failed answers (bound {bound:.0f}, reported "
+        f"{reported}), detected after {state.result['detected_after_s']} s, every caller back "
+        f"after {state.result['rolled_back_after_s']} s more, {rate:.0f} answers/s"
+    )
     assert all(a.version in ("", str(version)) for a in failed)
 
 

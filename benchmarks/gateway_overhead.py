@@ -1,21 +1,31 @@
-"""Gateway overhead: the same load directly to Triton (gRPC) and through the gateway, one run.
+"""What the gateway costs its users: direct Triton, the floor of a Python forwarder and the
+gateway, side by side in one run against the same Triton.
 
-``python -m benchmarks.gateway_overhead --save benchmarks/results``
+``python -m benchmarks.gateway_overhead --concurrency 1,8,32 --save benchmarks/results``
 
-Starts its own Triton (the exported ``model_repository``), redis-server and gateway on free
-loopback ports, then drives each target with the same closed-loop async load generator (N
-workers, each sending its next request when the last one answered), interleaving targets over
-repeats so that machine noise spreads evenly:
+Starts its own Triton (the exported ``model_repository``), redis-server, gateway and the floor
+forwarder (``benchmarks/floor.py``: raw ASGI on uvicorn, one key check, stdlib json,
+``tritonclient.grpc.aio``, no Redis) on free loopback ports, then drives each target with the
+same closed-loop async load generator (N workers, each sending its next request when the last
+one answered), interleaving targets over repeats so that machine noise spreads evenly:
 
-- ``triton-grpc``: ``tritonclient.grpc.aio`` straight to Triton (the reference);
-- ``triton-grpc-text``: the same, with a raw sentence per request to the text pipeline
-  ``minilm_text`` (tokenizer model -> encoder, a Triton ensemble), when it is exported;
-- ``gateway-v2-miss``: ``POST /v2/models/minilm/infer`` with binary tensors (what
-  ``tritonclient.http`` sends), every request a new input, so neither the gateway's cache nor
-  Triton's response cache can answer;
-- ``gateway-embeddings-miss``: ``POST /v1/embeddings`` with a new sentence per request
-  (the gateway sends it to ``minilm_text``: tokenization runs in Triton);
-- ``gateway-v2-hit``: the same request again and again (the gateway's cache answers).
+- ``triton-grpc``: ``tritonclient.grpc.aio`` straight to Triton, token ids (the reference of
+  the v2 targets);
+- ``triton-grpc-text``: the same with a raw sentence to the text pipeline ``minilm_text``
+  (the reference of ``/v1/embeddings``), when it is exported;
+- ``floor-v2-json``: the floor, KServe v2 JSON, a fresh input per request;
+- ``gateway-v2-json-miss``: the gateway, the same requests, every feature on (auth, the Redis
+  rate limit, the cache lookup and its refill, validation, metrics);
+- ``gateway-v2-json-hit``: one request again and again (the gateway's cache answers);
+- ``gateway-v2-binary-miss``: binary tensors (what ``tritonclient.http`` sends), fresh inputs;
+- ``gateway-embeddings-miss``: ``POST /v1/embeddings`` with a fresh sentence per request.
+
+Each point reports throughput, latency percentiles and the server's **own CPU per request**
+(the process's user + system seconds from ``/proc/<pid>/stat`` over the measured window,
+divided by the requests completed in it; Redis' beside it for the gateway), so the gateway is
+compared with the floor on what it costs, not only on what the shared cores let it reach.
+``--profile DIR`` then profiles the floor and the gateway under one more load of the chosen
+point with py-spy (flame graph + top functions).
 
 Why an async Python generator and not wrk/hey/locust: one tool must drive gRPC and HTTP with
 identical statistics, and it must make a fresh input per request (wrk needs Lua for that and
@@ -28,99 +38,25 @@ overhead").
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import signal
-import statistics
 import sys
 import tempfile
 import urllib.request
-from dataclasses import asdict
-from datetime import date
 from pathlib import Path
-from typing import cast
 
-import aiohttp
-import numpy as np
-import tritonclient.grpc.aio as grpcaio
 import typer
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
-from rich.table import Table
 
-from benchmarks import report
-from benchmarks.loadgen import Point, grpc_string_input, grpc_text_inputs, random_ids
-from benchmarks.loadgen import binary_body as _binary_body
-from benchmarks.loadgen import closed_loop as _closed_loop
-from benchmarks.loadgen import make_point as _point
+from benchmarks import gateway_report
+from benchmarks.floor import FloorProcess
+from benchmarks.gateway_load import TARGETS, Servers, run_target
+from benchmarks.loadgen import make_point
+from benchmarks.profiling import record, summarize
 from deploy.local.harness import local_stack, unlimited_tenant
 from deploy.local.settings import StackSettings
 from export.reader import servable_models
-
-SEQ = 16  # tokens per request, like the perf_analyzer sweep
-WORDS = (
-    "serving", "model", "triton", "gateway", "cache", "batch", "queue", "latency", "tensor",
-)  # fmt: skip
-
-
-def _ids(rng: np.random.Generator) -> np.ndarray:
-    return random_ids(rng, SEQ)
-
-
-def _sentence(rng: np.random.Generator, seed: int, i: int) -> str:
-    """A fresh sentence of ten words plus a unique suffix (never a cache hit): 23-27 tokens
-    with MiniLM's tokenizer, more than the ``SEQ`` ids of the ``triton-grpc`` target."""
-    return " ".join(rng.choice(WORDS, size=10)) + f" {seed}-{i}"
-
-
-async def _run_target(
-    target: str, triton_url: str, gateway_url: str, key: str, c: int, seconds: float, seed: int
-) -> tuple[list[float], int, float]:
-    rng = np.random.default_rng(seed)
-    auth = {"Authorization": f"Bearer {key}"}
-    if target.startswith("triton-grpc"):
-        client = grpcaio.InferenceServerClient(triton_url)
-
-        async def send_grpc(i: int) -> bool:
-            try:
-                if target == "triton-grpc-text":
-                    text = [_sentence(rng, seed, i)]
-                    await client.infer("minilm_text", grpc_string_input(text), client_timeout=30)
-                else:
-                    await client.infer("minilm", grpc_text_inputs(_ids(rng)), client_timeout=30)
-            except Exception:
-                return False
-            return True
-
-        try:
-            return await _closed_loop(send_grpc, c, seconds, 1.0)
-        finally:
-            await client.close()
-
-    connector = aiohttp.TCPConnector(limit=c)
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(gateway_url, connector=connector, timeout=timeout) as http:
-        fixed_body, fixed_headers = _binary_body(_ids(rng))
-
-        async def post(path: str, **kwargs: object) -> bool:
-            async with http.post(path, **kwargs) as r:  # type: ignore[arg-type]
-                await r.read()
-                return r.status == 200
-
-        async def send_http(i: int) -> bool:
-            if target == "gateway-v2-miss":
-                body, headers = _binary_body(_ids(rng))
-                return await post("/v2/models/minilm/infer", data=body, headers={**auth, **headers})
-            if target == "gateway-v2-hit":
-                return await post(
-                    "/v2/models/minilm/infer", data=fixed_body, headers={**auth, **fixed_headers}
-                )
-            text = _sentence(rng, seed, i)
-            return await post(
-                "/v1/embeddings", json={"input": text, "model": "minilm"}, headers=auth
-            )
-
-        return await _closed_loop(send_http, c, seconds, 1.0)
 
 
 def _durations(metrics_url: str) -> dict[str, float]:
@@ -134,9 +70,12 @@ def durations_from_text(text: str) -> dict[str, float]:
     """Sum and count of the model routes' request durations and of the upstream calls, from a
     Prometheus exposition (routes without a model, /metrics and health, are left out)."""
     totals = dict.fromkeys(("request_sum", "request_count", "upstream_sum", "upstream_count"), 0.0)
+    names = {
+        "gateway_request_duration_seconds": "request",
+        "gateway_upstream_duration_seconds": "upstream",
+    }
     for family in text_string_to_metric_families(text):
-        kind = {"gateway_request_duration_seconds": "request",
-                "gateway_upstream_duration_seconds": "upstream"}.get(family.name)  # fmt: skip
+        kind = names.get(family.name)
         for sample in family.samples if kind else ():
             for suffix in ("sum", "count"):
                 if sample.name.endswith(f"_{suffix}") and sample.labels.get("model"):
@@ -164,184 +103,108 @@ def split_time(
     }
 
 
-TARGETS = (
-    "triton-grpc",
-    "triton-grpc-text",
-    "gateway-v2-miss",
-    "gateway-embeddings-miss",
-    "gateway-v2-hit",
-)
+def _measure(
+    servers: Servers, targets: list[str], levels: list[int], seconds: float, repeats: int
+) -> tuple[list[gateway_report.Measured], Console]:
+    console = Console(width=200)
+    measured: list[gateway_report.Measured] = []
+    for repeat in range(repeats):
+        for c in levels:
+            for target in targets:
+                before = _durations(servers.metrics_url) if target.startswith("gateway") else None
+                window = asyncio.run(
+                    run_target(target, servers, c, seconds, seed=secrets.randbits(64))
+                )
+                point = make_point(
+                    target, c, repeat, window.latencies, window.errors, window.seconds
+                )
+                extra = gateway_report.cpu_per_request(window, target)
+                if before is not None:
+                    mean_ms = 1000 * sum(window.latencies) / max(1, len(window.latencies))
+                    extra.update(split_time(before, _durations(servers.metrics_url), mean_ms))
+                console.print(point, extra)
+                measured.append(gateway_report.Measured(point, extra))
+    return measured, console
+
+
+def _profile(
+    servers: Servers, directory: Path, target: str, c: int, seconds: float
+) -> dict[str, object]:
+    """py-spy on the floor and the gateway, each under its own load of the same point."""
+    found: dict[str, object] = {}
+    for name, which, pid in (
+        ("floor", "floor-v2-json", servers.floor_pid),
+        ("gateway", target, servers.gateway_pid),
+    ):
+        stem = directory / f"profile-{name}-{which}-c{c}"
+        commands = asyncio.run(_load_and_profile(servers, which, pid, stem, c, seconds))
+        found[name] = {
+            "target": which,
+            "concurrency": c,
+            "commands": commands,
+            "flame_graph": stem.with_suffix(".svg").name,
+            **summarize(stem.with_suffix(".txt").read_text()),
+        }
+    return found
+
+
+async def _load_and_profile(
+    servers: Servers, target: str, pid: int, stem: Path, c: int, seconds: float
+) -> list[str]:
+    running = asyncio.ensure_future(run_target(target, servers, c, seconds + 4, seed=1))
+    await asyncio.sleep(1.5)  # past the warm-up
+    commands = await asyncio.to_thread(record, pid, stem, seconds / 2)
+    await running
+    return commands
+
+
+def _relative(path: Path) -> Path:
+    """A path under the working directory as the command line would write it."""
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
 
 
 def main(
-    concurrency: str = typer.Option("1,16", help="comma-separated concurrency levels"),
+    concurrency: str = typer.Option("1,8,32", help="comma-separated concurrency levels"),
     seconds: float = typer.Option(8.0, help="measured seconds per point"),
     repeats: int = typer.Option(2, min=1),
-    save: Path | None = typer.Option(None, help="directory for <date>-<host>-gateway.{json,md}"),
+    targets: str = typer.Option(",".join(TARGETS), help="which targets, comma-separated"),
+    save: Path | None = typer.Option(None, help="directory for <date>-vm-gateway.{json,md}"),
+    profile: Path | None = typer.Option(None, help="directory for py-spy profiles"),
+    profile_point: str = typer.Option("gateway-v2-json-miss:32", help="target:concurrency"),
+    label: str = typer.Option("", help="a note on the machine's state (e.g. shared)"),
+    stem: str = typer.Option("gateway", help="results file name: <date>-vm-<stem>.{json,md}"),
 ) -> None:
-    console = Console()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on a kill too
     settings = StackSettings()
     levels = [int(c) for c in concurrency.split(",")]
-    # the encoder and, when exported, its text pipeline (what /v1/embeddings calls)
     models = [m for m in servable_models(settings.model_repository)[0] if m.startswith("minilm")]
-    targets = [t for t in TARGETS if t != "triton-grpc-text" or "minilm_text" in models]
+    chosen = [t for t in targets.split(",") if t != "triton-grpc-text" or "minilm_text" in models]
     key, tenants = unlimited_tenant()  # a tenant the load cannot rate-limit
     with (
         tempfile.TemporaryDirectory(prefix="tritonstack-bench-") as tmp,
         local_stack(Path(tmp), settings, models=models, tenants=tenants) as stack,
     ):
-        triton, gateway = stack.triton, stack.gateway
-        assert gateway is not None
-        points: list[Point] = []
-        splits: dict[tuple[str, int, int], dict[str, float]] = {}
-        for repeat in range(repeats):
-            for c in levels:
-                for target in targets:
-                    before = _durations(gateway.metrics_url)
-                    lat, errors, secs = asyncio.run(
-                        _run_target(
-                            target, triton.grpc_url, gateway.url, key, c, seconds,
-                            seed=secrets.randbits(64),  # inputs never repeat
-                        )
-                    )  # fmt: skip
-                    point = _point(target, c, repeat, lat, errors, secs)
-                    console.print(point)
-                    points.append(point)
-                    mean_ms = 1000 * statistics.fmean(lat) if lat else float("nan")
-                    if target.startswith("gateway"):
-                        splits[(target, c, repeat)] = split_time(
-                            before, _durations(gateway.metrics_url), mean_ms
-                        )
-                    else:
-                        splits[(target, c, repeat)] = {"client_mean_ms": round(mean_ms, 2)}
-    summary = _summarize(points, levels, targets, splits)
-    console.print(_table(summary))
+        assert stack.gateway is not None and stack.redis is not None
+        with FloorProcess(Path(tmp) / "floor", stack.triton.grpc_url, key) as floor:
+            servers = Servers.of(stack, floor, key)
+            measured, console = _measure(servers, chosen, levels, seconds, repeats)
+            profiles: dict[str, object] = {}
+            if profile is not None:
+                target, _, c = profile_point.partition(":")
+                profiles = _profile(servers, profile, target, int(c), seconds)
+    summary = gateway_report.summarize(measured, levels, chosen)
+    console.print(gateway_report.table(summary))
+    checks = gateway_report.targets_met(summary)
+    console.print(checks)
     if save is not None:
-        _save(save, points, summary, concurrency, seconds, repeats)
-
-
-def _summarize(
-    points: list[Point],
-    levels: list[int],
-    targets: list[str],
-    splits: dict[tuple[str, int, int], dict[str, float]] | None = None,
-) -> list[dict[str, object]]:
-    rows = []
-    for c in levels:
-        base = [p for p in points if p.concurrency == c and p.target == "triton-grpc"]
-        base_tp = statistics.median(p.throughput for p in base)
-        base_p50 = statistics.median(p.p50_ms for p in base)
-        for target in targets:
-            mine = [p for p in points if p.concurrency == c and p.target == target]
-            tp = [p.throughput for p in mine]
-            rows.append(
-                {
-                    "target": target,
-                    "concurrency": c,
-                    "throughput": round(statistics.median(tp), 1),
-                    "throughput_range": [min(tp), max(tp)],
-                    "vs_triton": round(statistics.median(tp) / base_tp, 3),
-                    "p50_ms": round(statistics.median(p.p50_ms for p in mine), 2),
-                    "added_p50_ms": round(statistics.median(p.p50_ms for p in mine) - base_p50, 2),
-                    "p99_ms": max(p.p99_ms for p in mine),
-                    "errors": sum(p.errors for p in mine),
-                    **_median_split(splits or {}, target, c),
-                }
-            )
-    return rows
-
-
-def _median_split(
-    splits: dict[tuple[str, int, int], dict[str, float]], target: str, c: int
-) -> dict[str, float]:
-    mine = [v for (t, level, _), v in splits.items() if t == target and level == c]
-    keys = mine[0].keys() if mine else ()
-    return {k: round(statistics.median(v[k] for v in mine), 2) for k in keys}
-
-
-def _table(rows: list[dict[str, object]]) -> Table:
-    table = Table(title="gateway overhead (median of repeats; range in brackets)")
-    for col in ("target", "c", "req/s", "vs triton", "p50 ms", "+p50 ms", "p99 ms", "errors"):
-        table.add_column(col)
-    for r in rows:
-        low, high = cast(list[float], r["throughput_range"])
-        table.add_row(
-            str(r["target"]), str(r["concurrency"]), f"{r['throughput']} [{low}-{high}]",
-            f"{r['vs_triton']:.2f}x", str(r["p50_ms"]), str(r["added_p50_ms"]), str(r["p99_ms"]),
-            str(r["errors"]),
-        )  # fmt: skip
-    return table
-
-
-def _machine() -> str:
-    return report.machine("load generator, gateway, Redis and Triton share the same cores")
-
-
-def _save(
-    directory: Path,
-    points: list[Point],
-    summary: list[dict[str, object]],
-    concurrency: str,
-    seconds: float,
-    repeats: int,
-) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    stem = directory / f"{date.today().isoformat()}-vm-gateway"
-    command = (
-        f"python -m benchmarks.gateway_overhead --concurrency {concurrency} "
-        f"--seconds {seconds:g} --repeats {repeats} --save {directory}"
-    )
-    stem.with_suffix(".json").write_text(
-        json.dumps(
-            {"machine": _machine(), "command": command, "summary": summary,
-             "points": [asdict(p) for p in points]},
-            indent=2,
-        ) + "\n"
-    )  # fmt: skip
-    lines = [
-        "# Gateway overhead: direct Triton gRPC vs through the gateway",
-        "",
-        f"Machine: {_machine()}.",
-        f"Command: `{command}`. Model: MiniLM (python backend + ONNX Runtime), {SEQ} tokens, "
-        "batch 1 per request, a fresh random input per request for every *miss* target.",
-        "",
-        "| target | concurrency | req/s (median [range]) | vs Triton gRPC | p50 ms | added p50 ms "
-        "| p99 ms (worst) | errors |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in summary:
-        low, high = cast(list[float], r["throughput_range"])
-        lines.append(
-            f"| {r['target']} | {r['concurrency']} | {r['throughput']} [{low}-{high}] | "
-            f"{r['vs_triton']:.2f}x | {r['p50_ms']} | {r['added_p50_ms']} | {r['p99_ms']} | "
-            f"{r['errors']} |"
+        save, profile = _relative(save), _relative(profile) if profile else None
+        command = (
+            f"python -m benchmarks.gateway_overhead --concurrency {concurrency} "
+            f"--seconds {seconds:g} --repeats {repeats} --save {save}"
+            + (f" --profile {profile} --profile-point {profile_point}" if profile else "")
+            + (f" --stem {stem}" if stem != "gateway" else "")
         )
-    lines += [
-        "",
-        "Where the time goes (means per request, median over repeats; the gateway's own "
-        "`gateway_request_duration_seconds` and `gateway_upstream_duration_seconds` counters, "
-        "read before and after each point):",
-        "",
-        "| target | concurrency | client mean ms | gateway first→last byte ms "
-        "| upstream gRPC ms per request "
-        "| gateway own ms | HTTP + client ms |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in summary:
-        if "gateway_server_ms" in r:
-            lines.append(
-                f"| {r['target']} | {r['concurrency']} | {r['client_mean_ms']} | "
-                f"{r['gateway_server_ms']} | {r['upstream_ms']} | {r['gateway_own_ms']} | "
-                f"{r['http_and_client_ms']} |"
-            )
-        elif "client_mean_ms" in r:
-            lines.append(
-                f"| {r['target']} | {r['concurrency']} | {r['client_mean_ms']} | | "
-                f"{r['client_mean_ms']} (direct) | | |"
-            )
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    Console().print(f"wrote {stem}.json and {stem}.md")
+        gateway_report.save(save, measured, summary, checks, profiles, command, label, stem)
 
 
 if __name__ == "__main__":

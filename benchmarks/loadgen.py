@@ -90,29 +90,68 @@ def binary_body(ids: np.ndarray) -> tuple[bytes, dict[str, str]]:
     return body, {"Inference-Header-Content-Length": str(len(head))}
 
 
-async def closed_loop(
-    send: Callable[[int], Awaitable[bool]], concurrency: int, seconds: float, warmup_s: float
-) -> tuple[list[float], int, float]:
-    """Latencies (s) of the requests started in the measured window, errors, measured seconds."""
-    latencies: list[float] = []
-    errors = 0
+@dataclass
+class Window:
+    """What a closed loop measured, and ``snapshot()`` taken when its window opened and closed
+    (e.g. a server's CPU seconds), with the requests completed in between."""
+
+    latencies: list[float]
+    errors: int
+    seconds: float
+    completed: int = 0
+    opened: object = None
+    closed: object = None
+
+
+async def measured_loop(
+    send: Callable[[int], Awaitable[bool]],
+    concurrency: int,
+    seconds: float,
+    warmup_s: float,
+    snapshot: Callable[[], object] | None = None,
+) -> Window:
+    """Latencies (s) of the requests started in the measured window, errors, measured seconds;
+    ``snapshot()`` read as the window opens and closes, and the requests completed between."""
+    result = Window([], 0, 0.0)
     counter = 0
+    done_total = 0
     start = time.perf_counter()
     measure_from = start + warmup_s
     stop_at = measure_from + seconds
+    window_done = 0
 
     async def worker() -> None:
-        nonlocal errors, counter
+        nonlocal counter, done_total
         while (now := time.perf_counter()) < stop_at:
             counter += 1
             ok = await send(counter)
             done = time.perf_counter()
+            done_total += 1
             if now >= measure_from:
-                latencies.append(done - now)
-                errors += not ok
+                result.latencies.append(done - now)
+                result.errors += not ok
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, errors, time.perf_counter() - measure_from
+    async def window() -> None:
+        nonlocal window_done
+        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        opened_at = done_total
+        result.opened = snapshot() if snapshot else None
+        await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+        result.closed = snapshot() if snapshot else None
+        window_done = done_total - opened_at
+
+    await asyncio.gather(window(), *(worker() for _ in range(concurrency)))
+    result.completed = window_done
+    result.seconds = time.perf_counter() - measure_from
+    return result
+
+
+async def closed_loop(
+    send: Callable[[int], Awaitable[bool]], concurrency: int, seconds: float, warmup_s: float
+) -> tuple[list[float], int, float]:
+    """Latencies (s) of the requests started in the measured window, errors, measured seconds."""
+    found = await measured_loop(send, concurrency, seconds, warmup_s)
+    return found.latencies, found.errors, found.seconds
 
 
 def make_point(target: str, c: int, r: int, lat: list[float], errors: int, secs: float) -> Point:

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${TRITONSTACK_VENV:-.venv}
 RUNTIME=${TRITONSTACK_RUNTIME_ENV:-${TRITONSTACK_HOME:-.tritonstack}/runtime}
-DEBIAN_PACKAGES=(libb64-0d redis-server prometheus docker-compose)
+DEBIAN_PACKAGES=(libb64-0d redis-server prometheus docker-compose chromium)
 
 say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 quiet_pip() {  # pip, minus the noise of find-links folders this machine's pip.conf names

@@ -43,14 +43,19 @@ BLOCK_SIZE = 64
 
 @contextmanager
 def _quiet() -> Iterator[None]:
-    """ONNX Runtime's quantizers log advice on the root logger for every model."""
+    """ONNX Runtime's quantizers log advice on the root logger for every model, and one of them
+    (matmul_nbits_quantizer) calls ``logging.basicConfig(level=INFO)`` when imported: the root
+    logger's level and handlers are put back as they were."""
     root = logging.getLogger()
-    level = root.level
+    level, handlers = root.level, list(root.handlers)
     root.setLevel(logging.ERROR)
     try:
         yield
     finally:
         root.setLevel(level)
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
 
 
 def _count(path: Path, op_type: str, *, on_weights: bool = False) -> int:
@@ -128,9 +133,9 @@ def to_int8_blockwise(source: Path, target: Path, spec: ModelSpec) -> StepResult
     del spec  # one recipe for every model
 
     def build() -> dict[str, Any]:
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+        with _quiet():  # its import configures the root logger
+            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-        with _quiet():
             quantizer = MatMulNBitsQuantizer(
                 onnx.load(str(source)), bits=8, block_size=BLOCK_SIZE, is_symmetric=True,
                 accuracy_level=4,

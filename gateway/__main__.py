@@ -40,8 +40,8 @@ def main() -> int:
         timeout_keep_alive=settings.keep_alive_timeout_s,
         http=deadline_protocol(settings.header_timeout_s, settings.body_timeout_s),
         access_log=False,
-        # the standard asyncio loop, not uvloop: grpc.aio (the Triton client) answered ~1 ms
-        # slower per call under uvloop on this machine (p50 6.6-7.0 ms vs 5.5-5.8 ms, c=1)
+        # the standard asyncio loop, not uvloop: grpc.aio (the Triton client) was measured
+        # slower under uvloop (benchmarks/README.md, "Gateway overhead")
         loop=settings.event_loop,
         log_level="info",
     )

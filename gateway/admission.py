@@ -9,7 +9,7 @@ The order, and what each step costs a tenant that is refused:
 4. ``cached_call``: the charge, weighted by the request's items (texts, rows, entities; at most
    the burst), in the same Redis round trip as the cache lookup, before any upstream work.
 
-A request refused at 2 or 3 (403, 404, 400, 422) is charged one item before its answer goes out
+A request refused at 2 or 3 (403, 404, 400, 415, 422) is charged one item before its answer goes out
 (``charge_refusal``), so a tenant cannot probe without limit: past its limit the refusal itself
 becomes a 429.
 """
@@ -22,13 +22,13 @@ from fastapi import Request, Response
 
 from gateway.cache import CachedResponse, cache_key
 from gateway.errors import GatewayError
+from gateway.models import ModelInfo
 from gateway.ratelimit import Decision, limited
 from gateway.services import Services
 from gateway.tenants import Tenant
-from gateway.upstream import ModelInfo
 
 Produce = Callable[[], Awaitable[tuple[CachedResponse, str]]]
-CHARGED_REFUSALS = frozenset({400, 403, 404, 405, 422})
+CHARGED_REFUSALS = frozenset({400, 403, 404, 405, 415, 422})
 
 
 def allow_model(svc: Services, tenant: Tenant, model: str) -> None:
@@ -40,8 +40,13 @@ def allow_model(svc: Services, tenant: Tenant, model: str) -> None:
 
 def admitted(request: Request, model: ModelInfo) -> ModelInfo:
     """Label the request's metrics with a model Triton serves and the tenant may use."""
-    request.scope["state"]["model"] = model.name
+    label_model(request, model.name)
     return model
+
+
+def label_model(request: Request, name: str) -> None:
+    """The ``model`` label of the request's metrics (only names Triton serves become one)."""
+    request.scope["state"]["model"] = name
 
 
 def weight(tenant: Tenant, items: int) -> int:
@@ -106,13 +111,13 @@ async def cached_call(
         else:
             hit = await cache.get(key)
         if hit is not None:
-            svc.metrics.cache.labels(layer=cache.layer, result="hit").inc()
+            svc.metrics.cache_result(cache.layer, "hit")
             return _respond(hit, decision, "HIT")
         result = "miss"
     elif decision is None:
         decision = await charge(request, svc, tenant, items)
     if cache is not None:
-        svc.metrics.cache.labels(layer=cache.layer, result=result).inc()
+        svc.metrics.cache_result(cache.layer, result)
     answer, version = await produce()
     if (
         cache is not None

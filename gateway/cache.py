@@ -29,6 +29,8 @@ from cachetools import TTLCache
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.redis_pipe import RedisPipe
+
 log = logging.getLogger(__name__)
 
 
@@ -92,11 +94,12 @@ def _tag(signing_key: bytes, key: str, blob: bytes) -> bytes:
 
 def cache_key(tenant: str, model: str, version: str, *parts: bytes) -> str:
     """``model:version:sha256(tenant, parts)``, each part length-prefixed (no ambiguity)."""
-    digest = hashlib.sha256()
-    for part in (tenant.encode(), *parts):
-        digest.update(len(part).to_bytes(8, "little"))
-        digest.update(part)
-    return f"{model}:{version}:{digest.hexdigest()}"
+    framed = b"".join(b for part in (tenant.encode(), *parts) for b in (_length(part), part))
+    return f"{model}:{version}:{hashlib.sha256(framed).hexdigest()}"
+
+
+def _length(part: bytes) -> bytes:
+    return len(part).to_bytes(8, "little")
 
 
 class ResponseCache(Protocol):
@@ -151,8 +154,10 @@ class RedisCache:
         prefix: str = "tritonstack:rc:",
         max_pending: int = 1024,
         signing_key: bytes | None = None,
+        pipe: RedisPipe | None = None,
     ) -> None:
         self._redis = redis
+        self._pipe = pipe  # the hot path's commands (gateway.redis_pipe); None: redis-py
         self._ttl_s = ttl_s
         self._prefix = prefix
         self._max_pending = max_pending
@@ -192,7 +197,10 @@ class RedisCache:
         if waiting is not None:
             return waiting
         try:
-            blob = await self._redis.get(self._prefix + key)
+            if self._pipe is not None:
+                (blob,) = await self._pipe.execute(("GET", self._prefix + key))
+            else:
+                blob = await self._redis.get(self._prefix + key)
         except (RedisError, OSError) as exc:
             self.errors += 1
             log.warning("response cache read failed (treated as a miss): %s", exc)
@@ -211,7 +219,11 @@ class RedisCache:
     async def _write(self, key: str, value: CachedResponse) -> None:
         try:
             sealed = value.seal(self.full_key(key), self._signing_key)
-            await self._redis.set(self.full_key(key), sealed, ex=self._ttl_s)
+            if self._pipe is not None:
+                command = ("SET", self.full_key(key), sealed, "EX", self._ttl_s)
+                await self._pipe.execute(command, linger=True)  # rides with the next lookup
+            else:
+                await self._redis.set(self.full_key(key), sealed, ex=self._ttl_s)
         except (RedisError, OSError) as exc:
             self.errors += 1
             log.warning("response cache write failed (answer not cached): %s", exc)

@@ -14,14 +14,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-import tritonclient.grpc as grpcclient
+import orjson
 from pydantic import BaseModel, Field
+from tritonclient.grpc import InferRequestedOutput, InferResult
 
 from gateway.errors import GatewayError, bad_request
-from gateway.upstream import ModelInfo, Upstream
+from gateway.models import ModelInfo
+from gateway.triton import RawInput
+from gateway.upstream import Upstream
 
 TEXT_INPUT = "text"
 EMBEDDING_OUTPUT = "sentence_embedding"
@@ -98,17 +101,13 @@ def check_text_model(model: ModelInfo) -> int:
     return embedding.shape[-1]
 
 
-def _text_input(texts: list[bytes]) -> list[grpcclient.InferInput]:
-    array = np.array(texts, dtype=np.object_).reshape(-1, 1)
-    tensor = grpcclient.InferInput(TEXT_INPUT, list(array.shape), "BYTES")
-    tensor.set_data_from_numpy(array)
-    return [tensor]
+def _text_input(texts: list[bytes]) -> list[RawInput]:
+    """The strings as one BYTES tensor ``[n, 1]``: 4-byte little-endian lengths + UTF-8."""
+    raw = b"".join(part for text in texts for part in (len(text).to_bytes(4, "little"), text))
+    return [RawInput(TEXT_INPUT, "BYTES", (len(texts), 1), raw)]
 
 
-_OUTPUTS = [
-    grpcclient.InferRequestedOutput(EMBEDDING_OUTPUT),
-    grpcclient.InferRequestedOutput(TOKEN_COUNT),
-]
+_OUTPUTS = [InferRequestedOutput(EMBEDDING_OUTPUT), InferRequestedOutput(TOKEN_COUNT)]
 
 
 def _for_input(error: GatewayError, offset: int) -> GatewayError:
@@ -128,14 +127,17 @@ async def embed(
     version of the pipeline that ran."""
     step = model.max_batch_size or len(texts)
 
-    async def run(offset: int) -> grpcclient.InferResult:
+    async def run(offset: int) -> InferResult:
         chunk = texts[offset : offset + step]
         try:
             return await upstream.infer(model, _text_input(chunk), _OUTPUTS)
         except GatewayError as exc:
             raise _for_input(exc, offset) from None
 
-    results = await asyncio.gather(*(run(offset) for offset in range(0, len(texts), step)))
+    if len(texts) <= step:  # one chunk: no task to gather
+        results = [await run(0)]
+    else:
+        results = list(await asyncio.gather(*(run(o) for o in range(0, len(texts), step))))
     vectors = np.concatenate([r.as_numpy(EMBEDDING_OUTPUT) for r in results]).astype(np.float32)
     counts = np.concatenate([r.as_numpy(TOKEN_COUNT).reshape(-1) for r in results])
     return vectors, counts, results[0].get_response().model_version
@@ -143,16 +145,22 @@ async def embed(
 
 def build_response(
     vectors: np.ndarray, token_counts: np.ndarray, request: EmbeddingsRequest
-) -> EmbeddingsResponse:
-    data = []
+) -> bytes:
+    """OpenAI's embeddings answer, encoded once with orjson (floats as the doubles they are: the
+    same numbers the pydantic model wrote before)."""
+    data: list[dict[str, Any]] = []
     for i, vector in enumerate(vectors):
-        value: list[float] | str
+        value: Any
         if request.encoding_format == "base64":
             value = base64.b64encode(vector.astype("<f4").tobytes()).decode()
         else:
-            value = vector.tolist()
-        data.append(Embedding(index=i, embedding=value))
+            value = vector.astype(np.float64)
+        data.append({"object": "embedding", "index": i, "embedding": value})
     tokens = int(token_counts.sum())
-    return EmbeddingsResponse(
-        data=data, model=request.model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
-    )
+    answer = {
+        "object": "list",
+        "data": data,
+        "model": request.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)

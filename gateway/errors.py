@@ -1,21 +1,26 @@
 """Errors the gateway answers with: a status, a stable code and a message that says what to fix.
 
-Two body shapes, by route family:
-- Open Inference Protocol routes (``/v2/...``): ``{"error": "<message>", "code": "<code>"}``,
+Two body shapes (``Shape``), one per router, declared where the router is included
+(``gateway/api/__init__.py``):
+- the Open Inference Protocol router (``/v2``): ``{"error": "<message>", "code": "<code>"}``,
   the shape ``tritonclient.http`` reads;
 - everything else (OpenAI-compatible and our own): ``{"error": {"message", "type", "code",
   "param"}}``.
 
 This module is the one place that turns a failure into an answer (``to_gateway_error`` and
-``error_response``): the shape is chosen once, by path, and no text from Triton, Redis or the
-feature store reaches a client unless it went through ``sanitize`` (no addresses, paths or
-tracebacks). Anything unexpected is a 500 that says only that, logged with its traceback.
+``error_response``): the shape comes from the router that owns the path (``Shapes``, built once
+from the routers; a path no route matches gets its prefix's router's shape), and no text from
+Triton, Redis or the feature store reaches a client unless it went through ``sanitize`` (no
+addresses, paths or tracebacks). Anything unexpected is a 500 that says only that, logged with
+its traceback.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
+from enum import StrEnum
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
@@ -34,6 +39,27 @@ _INTERNALS = re.compile(
     re.I,
 )
 _MAX_MESSAGE = 500
+
+
+class Shape(StrEnum):
+    """The error body of a router: OpenAI's object, or the v2 protocol's string."""
+
+    openai = "openai"
+    v2 = "v2"
+
+
+class Shapes:
+    """The error shape of each router, by the path prefix it serves (the longest that
+    matches; ``""`` is the default)."""
+
+    def __init__(self, prefixes: Iterable[tuple[str, Shape]]) -> None:
+        self._prefixes = sorted(prefixes, key=lambda p: -len(p[0]))
+
+    def of(self, path: str) -> Shape:
+        for prefix, shape in self._prefixes:
+            if path.startswith(prefix):
+                return shape
+        return Shape.openai
 
 
 class GatewayError(Exception):
@@ -55,8 +81,8 @@ class GatewayError(Exception):
         self.headers = headers or {}
         self.detail = detail  # Triton's own message, for routes that reword it (never sent)
 
-    def body(self, v2: bool) -> dict[str, Any]:
-        if v2:
+    def body(self, shape: Shape) -> dict[str, Any]:
+        if shape is Shape.v2:
             return {"error": self.message, "code": self.code}
         kind = "invalid_request_error" if self.status < 500 else "server_error"
         return {
@@ -70,20 +96,29 @@ def sanitize(text: str) -> str:
     return cleaned if len(cleaned) <= _MAX_MESSAGE else cleaned[:_MAX_MESSAGE] + "..."
 
 
-def bad_request(message: str, *, param: str | None = None, code: str = "invalid_input"):
+def bad_request(
+    message: str, *, param: str | None = None, code: str = "invalid_input"
+) -> GatewayError:
     return GatewayError(400, code, message, param=param)
 
 
-def unprocessable(message: str, *, param: str | None = None, code: str = "invalid_input"):
-    return GatewayError(422, code, message, param=param)
-
-
-def not_found(message: str, *, code: str = "not_found"):
+def not_found(message: str, *, code: str = "not_found") -> GatewayError:
     return GatewayError(404, code, message)
 
 
-def unavailable(message: str, *, code: str = "upstream_unavailable", retry_after_s: int = 1):
+def unavailable(
+    message: str, *, code: str = "upstream_unavailable", retry_after_s: int = 1
+) -> GatewayError:
     return GatewayError(503, code, message, headers={"Retry-After": str(retry_after_s)})
+
+
+def unsupported_media_type() -> GatewayError:
+    """415 on the JSON routes: a body sent as a form (curl -d) or with no Content-Type."""
+    return GatewayError(
+        415,
+        "unsupported_media_type",
+        "send the body as JSON with the header 'Content-Type: application/json'",
+    )
 
 
 # -- the error bodies, documented in the OpenAPI description --------------------------------------
@@ -113,6 +148,7 @@ _STATUSES = {
     403: "the key may not use this model",
     404: "unknown model or entity",
     413: "request body too large",
+    415: "the body is not sent as JSON (Content-Type: application/json)",
     422: "request does not match the schema, or invalid feature values",
     429: "rate limited or Triton's queue full (see Retry-After)",
     502: "the model failed",
@@ -163,9 +199,7 @@ def to_gateway_error(exc: Exception) -> GatewayError:
     return GatewayError(500, "internal_error", "internal error; the gateway log has details")
 
 
-def error_response(exc: Exception, path: str) -> JSONResponse:
-    """The answer to ``exc`` on ``path``: v2 shape under /v2, OpenAI's elsewhere."""
+def error_response(exc: Exception, shape: Shape) -> JSONResponse:
+    """The answer to ``exc`` in the error shape of the router that owns the path."""
     error = to_gateway_error(exc)
-    return JSONResponse(
-        error.body(path.startswith("/v2")), status_code=error.status, headers=error.headers
-    )
+    return JSONResponse(error.body(shape), status_code=error.status, headers=error.headers)

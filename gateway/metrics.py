@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Latency buckets from 1 ms to 10 s: model calls here take milliseconds, deadlines seconds.
-_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
-            0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # fmt: skip
+_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 
 class Metrics:
@@ -28,26 +49,59 @@ class Metrics:
             registry=r,
         )
         self.responses = Counter(
-            "gateway_responses_total", "Responses per route and status", ["route", "status"],
+            "gateway_responses_total",
+            "Responses per route and status",
+            ["route", "status"],
             registry=r,
-        )  # fmt: skip
+        )
         self.cache = Counter(
-            "gateway_cache_requests_total", "Response cache lookups per layer and result",
-            ["layer", "result"], registry=r,
-        )  # fmt: skip
-        self.rate_limited = Counter(
-            "gateway_rate_limited_total", "Requests refused by the rate limiter", ["tenant"],
+            "gateway_cache_requests_total",
+            "Response cache lookups per layer and result",
+            ["layer", "result"],
             registry=r,
-        )  # fmt: skip
+        )
+        self.rate_limited = Counter(
+            "gateway_rate_limited_total",
+            "Requests refused by the rate limiter",
+            ["tenant"],
+            registry=r,
+        )
         self.auth_failures = Counter(
             "gateway_auth_failures_total", "Refused credentials", ["reason"], registry=r
         )
         self.upstream_rejected = Counter(
             "gateway_upstream_rejected_total",
             "Requests answered without calling Triton (circuit open, overloaded)",
-            ["reason"], registry=r,
-        )  # fmt: skip
+            ["reason"],
+            registry=r,
+        )
         self.redis_errors = Counter(
             "gateway_redis_errors_total", "Redis failures per use", ["use"], registry=r
         )
         self.inflight = Gauge("gateway_requests_in_flight", "Requests being served", registry=r)
+
+        # labelled children, resolved once per label set (labels() costs a lock and a lookup)
+        self._per_request: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._cache_children: dict[tuple[str, str], Any] = {}
+
+    def observe(self, route: str, model: str, status: int, started: float) -> None:
+        """One request's latency (since ``started``, perf_counter) and its response."""
+        children = self._per_request.get((route, model, status))
+        if children is None:
+            code = str(status)
+            children = (
+                self.request_latency.labels(route, model, code),
+                self.responses.labels(route, code),
+            )
+            if len(self._per_request) < 10_000:  # label values are bounded; this map too
+                self._per_request[(route, model, status)] = children
+        children[0].observe(time.perf_counter() - started)
+        children[1].inc()
+
+    def cache_result(self, layer: str, result: str) -> None:
+        child = self._cache_children.get((layer, result))
+        if child is None:
+            child = self._cache_children[(layer, result)] = self.cache.labels(
+                layer=layer, result=result
+            )
+        child.inc()

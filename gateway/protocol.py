@@ -12,12 +12,17 @@ headers are complete (``body_timeout_s`` for the rest of the body) and disarms i
 request is complete. On expiry: a ``408`` and close when the headers never completed, a plain
 close when the body did not (the app then reads ``http.disconnect``). One ``call_later`` per
 request, nothing per byte.
+
+It also sends a response's head and body in one write: uvicorn writes each ASGI message as it
+comes (two ``send`` system calls per response); ``CoalescingTransport`` joins what is written
+in one event-loop turn (benchmarks/README.md, "Gateway overhead", has what it saves).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -27,6 +32,41 @@ _408 = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_MESSAGE), _MESSAGE)
 )
+
+
+class CoalescingTransport:
+    """A transport whose writes of one event-loop turn leave in one ``send``; everything else
+    is the wrapped transport's (a close sends what is pending first)."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+        self._later: asyncio.Handle | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._pending.append(bytes(data))
+        if len(self._pending) > 1:  # a response's head and its body: out together, now
+            self.flush()
+        elif self._later is None:  # a lone write (a head whose body streams, a 408)
+            self._later = self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class DeadlineHttpToolsProtocol(HttpToolsProtocol):
@@ -57,7 +97,8 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        coalescing = CoalescingTransport(transport, self.loop)
+        super().connection_made(coalescing)  # type: ignore[arg-type]
         self._headers_done = False
         self._arm(self.header_timeout_s)
 

@@ -8,8 +8,7 @@ Redis' own clock, so any number of gateway replicas share one limit without race
 skew. The in-process limiter runs the same algorithm.
 
 Every decision also says when the next single item could pass (``blocked_for_s``): the gateway
-remembers it per tenant and refuses a tenant that is known to be over its limit before reading
-its request (``Gate``), with no Redis round trip.
+remembers it per tenant and refuses a tenant known to be over its limit (``Gate``) unread.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
@@ -28,6 +27,7 @@ from redis.exceptions import NoScriptError, RedisError
 from gateway.cache import CachedResponse, RedisCache, ResponseCache
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
+from gateway.redis_pipe import RedisPipe
 from gateway.settings import RedisFailurePolicy
 from gateway.tenants import Tenant
 
@@ -143,25 +143,46 @@ return {1, math.floor((now + tolerance - new_tat) / interval + 1e-9), math.ceil(
 class RedisRateLimiter:
     """GCRA in one Lua script: atomic, shared by every replica that uses this Redis."""
 
-    def __init__(self, redis: Redis, prefix: str = "tritonstack:rl:") -> None:
+    def __init__(
+        self, redis: Redis, prefix: str = "tritonstack:rl:", pipe: RedisPipe | None = None
+    ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._script = redis.register_script(_GCRA_LUA)
+        self._pipe = pipe  # the hot path's commands (gateway.redis_pipe); None: redis-py
 
     @property
     def redis(self) -> Redis:
         return self._redis
 
     async def hit(self, key: str, rate: float, burst: int, cost: int = 1) -> Decision:
-        raw = await self._script(keys=[self._prefix + key], args=[rate, burst, cost])
+        if self._pipe is not None:
+            (raw,) = await self._run((self._evalsha(key, rate, burst, cost),))
+        else:
+            raw = await self._script(keys=[self._prefix + key], args=[rate, burst, cost])
         return self._decision(raw, rate, burst)
+
+    def _evalsha(self, key: str, rate: float, burst: int, cost: int) -> tuple[Any, ...]:
+        return ("EVALSHA", self._script.sha, 1, self._prefix + key, rate, burst, cost)
+
+    async def _run(self, commands: tuple[tuple[Any, ...], ...]) -> list[Any]:
+        """Commands on the pipe; a restarted or flushed Redis gets the script once, then again."""
+        assert self._pipe is not None
+        try:
+            return await self._pipe.execute(*commands)
+        except NoScriptError:
+            await self._pipe.execute(("SCRIPT", "LOAD", _GCRA_LUA))
+            return await self._pipe.execute(*commands)
 
     async def hit_and_get(
         self, key: str, rate: float, burst: int, get_key: str, cost: int = 1
     ) -> tuple[Decision, bytes | None]:
         """The rate decision and ``GET get_key`` in one round trip (a pipeline, no MULTI)."""
-        # EVALSHA queued by hand: a Script object in a pipeline makes redis-py send SCRIPT
-        # EXISTS first, on every execute (one more round trip per request, measured)
+        if self._pipe is not None:
+            raw, blob = await self._run((self._evalsha(key, rate, burst, cost), ("GET", get_key)))
+            return self._decision(raw, rate, burst), blob
+        # without the pipe: EVALSHA queued by hand (a Script object in a pipeline makes redis-py
+        # send SCRIPT EXISTS first, on every execute: one more round trip per request)
         for attempt in (1, 2):
             pipe = self._redis.pipeline(transaction=False)
             pipe.evalsha(self._script.sha, 1, self._prefix + key, rate, burst, cost)
@@ -181,9 +202,13 @@ class RedisRateLimiter:
         allowed, remaining, reset_us, retry_us = raw
         reset_s = int(reset_us) / 1e6
         return Decision(
-            bool(allowed), burst, int(remaining), reset_s, int(retry_us) / 1e6,
+            bool(allowed),
+            burst,
+            int(remaining),
+            reset_s,
+            int(retry_us) / 1e6,
             blocked_for(reset_s, rate, burst),
-        )  # fmt: skip
+        )
 
 
 class ResilientRateLimiter:
@@ -194,7 +219,7 @@ class ResilientRateLimiter:
     """
 
     def __init__(
-        self, primary: RedisRateLimiter | None, policy: RedisFailurePolicy, metrics: Metrics
+        self, primary: RateLimiter | None, policy: RedisFailurePolicy, metrics: Metrics
     ) -> None:
         self.primary = primary
         self.local = LocalRateLimiter()
@@ -229,8 +254,10 @@ class ResilientRateLimiter:
             and isinstance(cache, RedisCache)
             and cache.redis is primary.redis
         ):
-            decision, hit = await asyncio.gather(self.hit(tenant, cost), cache.get(key))
-            return decision, hit
+            if isinstance(primary, RedisRateLimiter) or isinstance(cache, RedisCache):
+                found, hit = await asyncio.gather(self.hit(tenant, cost), cache.get(key))
+                return found, hit
+            return await self.hit(tenant, cost), await cache.get(key)  # in memory: no tasks
         waiting = cache.pending(key)  # written by this process a moment ago, still in flight
         if waiting is not None:
             return await self.hit(tenant, cost), waiting
@@ -252,10 +279,11 @@ class ResilientRateLimiter:
         if self.policy is RedisFailurePolicy.deny:
             log.warning("rate limiter: Redis unreachable, refusing (policy deny): %s", exc)
             raise GatewayError(
-                503, "rate_limiter_unavailable",
+                503,
+                "rate_limiter_unavailable",
                 "the rate limiter's store is unreachable; retry later",
                 headers={"Retry-After": "1"},
-            ) from None  # fmt: skip
+            ) from None
         log.warning("rate limiter: Redis unreachable, using the in-process limiter: %s", exc)
         rate, burst = tenant.config.rate_per_s, tenant.config.burst
         return await self.local.hit(tenant.name, rate, burst, cost)

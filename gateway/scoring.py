@@ -73,9 +73,12 @@ async def model_input(
         if status == 503:  # the store's own text names hosts and ports: logged, not sent
             log.warning("online store unavailable: %s", exc)
             raise GatewayError(
-                503, code, "the online feature store is unavailable; retry later",
-                param="entity_ids", headers={"Retry-After": "1"},
-            ) from None  # fmt: skip
+                503,
+                code,
+                "the online feature store is unavailable; retry later",
+                param="entity_ids",
+                headers={"Retry-After": "1"},
+            ) from None
         raise GatewayError(status, code, sanitize(str(exc)), param="entity_ids") from None
 
 

@@ -1,23 +1,23 @@
-"""What one gateway process holds (clients, limiter, cache, health) and the route dependencies."""
+"""What one gateway process holds: its clients, limiter, cache, health and routing tables."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-from fastapi import Depends, Request
 from redis.asyncio import Redis
 
 from features.online import OnlineFeatures, open_online_features
 from features.settings import FeatureSettings
 from gateway.cache import ResponseCache
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, Shapes
 from gateway.metrics import Metrics
 from gateway.ratelimit import ResilientRateLimiter
+from gateway.redis_pipe import RedisPipe
 from gateway.settings import GatewaySettings
-from gateway.tenants import Authenticator, Tenant
+from gateway.tenants import Authenticator
 from gateway.upstream import Upstream
 
 if TYPE_CHECKING:
@@ -34,8 +34,11 @@ class Services:
     auth: Authenticator
     limiter: ResilientRateLimiter
     cache: ResponseCache | None
+    shapes: Shapes  # each router's error shape, by path prefix
+    embedding_models: dict[str, str]  # /v1/embeddings: the name a client sends -> the encoder
     health: Health | None = None
     redis: Redis | None = None
+    redis_pipe: RedisPipe | None = None  # the hot path's commands on one pipelined connection
     features: OnlineFeatures | None = None
     feature_settings: FeatureSettings | None = None
     in_flight: dict[str, int] = field(default_factory=dict)  # per tenant, this process
@@ -61,20 +64,3 @@ async def open_features(svc: Services) -> OnlineFeatures:
             headers={"Retry-After": "5"},
         ) from None
     return svc.features
-
-
-async def services(request: Request) -> Services:
-    # async on purpose: FastAPI runs a sync dependency in its thread pool (measured: ~6% of
-    # the gateway's CPU per request went to that hop)
-    svc: Services = request.app.state.services
-    return svc
-
-
-async def authenticated(request: Request) -> Tenant:
-    """The tenant ``gateway.guard`` authenticated before the request reached the app."""
-    tenant: Tenant = request.scope["state"]["tenant"]
-    return tenant
-
-
-ServicesDep = Annotated[Services, Depends(services)]
-TenantDep = Annotated[Tenant, Depends(authenticated)]

@@ -17,6 +17,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.tenants import TenantConfig, load_tenants, placeholder_problems
 
+# A text encoder E's pipeline (tokenizer -> E, a Triton ensemble) is named E + this suffix: the
+# rule export/naming.py writes models by (the gateway may not import export/; the test
+# tests/unit/test_gateway_routes.py::test_the_pipeline_name_rule_is_exports fails if the two
+# ever differ).
+TEXT_PIPELINE_SUFFIX = "_text"
+
+
+def text_pipeline(encoder: str) -> str:
+    """The text pipeline of ``encoder`` (the ensemble /v1/embeddings sends strings to)."""
+    return encoder + TEXT_PIPELINE_SUFFIX
+
 
 class Environment(StrEnum):
     development = "development"
@@ -123,7 +134,7 @@ class GatewaySettings(BaseSettings):
     embeddings_text_model: str | None = Field(
         None,
         description="the Triton ensemble /v1/embeddings sends raw strings to (tokenizer -> "
-        "encoder); default '<embeddings_model>_text'",
+        "encoder); default: the encoder's name + TEXT_PIPELINE_SUFFIX",
     )
     scoring_model: str = Field("driver_ranker", description="Triton model behind /v1/score")
     scoring_enabled: bool = Field(True, description="open the feature store (FEATURES_*)")
@@ -170,14 +181,19 @@ class GatewaySettings(BaseSettings):
     @property
     def embeddings_pipeline(self) -> str:
         """The Triton model behind /v1/embeddings: the encoder's text pipeline, an ensemble
-        named as ``export.ensemble.text_model_name`` names it."""
-        return self.embeddings_text_model or f"{self.embeddings_model}_text"
+        named by the gateway's one rule, ``text_pipeline``."""
+        return self.embeddings_text_model or text_pipeline(self.embeddings_model)
+
+    def embedding_models(self) -> dict[str, str]:
+        """The alias table of /v1/embeddings: every name a client may send → the encoder."""
+        return {
+            name: self.embeddings_model
+            for name in (self.embeddings_model, *self.embeddings_aliases)
+        }
 
     def embedding_model_for(self, requested: str) -> str | None:
         """The Triton model serving ``requested`` on /v1/embeddings, or None when unknown."""
-        if requested == self.embeddings_model or requested in self.embeddings_aliases:
-            return self.embeddings_model
-        return None
+        return self.embedding_models().get(requested)
 
     @property
     def json_tenants(self) -> dict[str, TenantConfig]:

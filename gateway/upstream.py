@@ -1,194 +1,53 @@
-"""Triton over gRPC (``tritonclient.grpc.aio``): model metadata, inference, health.
+"""Triton behind the gateway: model metadata (cached), inference with deadlines, health.
 
-Every call has a deadline. Upstream failures become :class:`GatewayError` with a clear status
-(unavailable → 503, deadline → 504, queue full → 429), and a circuit breaker per model answers
-503 at once after consecutive failures that say the model cannot be reached (connection lost,
-not ready, its python backend stub dead), instead of letting requests pile up on it. A deadline
-does not count: it says that this request took too long, not that the model is gone, so one
-tenant's oversized requests cannot open the breaker for everybody else.
+Every call has a deadline; failures are answered as ``gateway.failures`` maps them, with a circuit
+breaker per model. The client is ``gateway.triton.TritonGrpc`` (one gRPC channel, protobuf built
+in place) unless one is injected (``create_app(upstream=...)``: the route tests' fake Triton).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import tritonclient.grpc as grpcclient
-import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
-from gateway.errors import GatewayError, not_found, sanitize, unavailable
+from gateway.errors import GatewayError, not_found, unavailable
+from gateway.failures import (
+    CircuitBreaker,
+    is_unreachable,
+    map_triton_error,
+    restarting_error,
+)
 from gateway.metrics import Metrics
+from gateway.models import ModelInfo, TensorInfo, from_triton, newest
 from gateway.settings import GatewaySettings
+from gateway.triton import Output, TritonClient, TritonGrpc
 
+__all__ = ["CircuitBreaker", "ModelInfo", "TensorInfo", "Upstream", "map_triton_error"]
 log = logging.getLogger("gateway")
-_MAX_MESSAGE = 64 * 2**20
 _MISSING_TTL_S = 1.0  # a model Triton does not know: asked again after this
-# "Stub process 'minilm_tokenizer_cpu_0' is not healthy." (a dead python-backend stub)
-_DEAD_STUB = re.compile(r"stub process '([^']+)' is not healthy", re.I)
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]  # with the batch dimension (-1) first when the model batches
-    optional: bool = False
-
-
-@dataclass
-class ModelInfo:
-    name: str
-    versions: list[str]
-    max_batch_size: int
-    inputs: list[TensorInfo]
-    outputs: list[TensorInfo]
-    platform: str = ""
-    steps: tuple[str, ...] = ()  # an ensemble's composing models
-    fetched_at: float = field(default_factory=time.monotonic)
-
-    @property
-    def version(self) -> str:
-        """The newest version Triton serves (the one an unversioned request reaches)."""
-        return max(self.versions, key=lambda v: int(v) if v.isdigit() else -1, default="")
-
-    def input(self, name: str) -> TensorInfo | None:
-        return next((t for t in self.inputs if t.name == name), None)
-
-    def output(self, name: str) -> TensorInfo | None:
-        return next((t for t in self.outputs if t.name == name), None)
-
-    def metadata(self) -> dict[str, Any]:
-        """The Open Inference Protocol model metadata object."""
-
-        def tensors(items: list[TensorInfo]) -> list[dict[str, Any]]:
-            return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]
-
-        return {
-            "name": self.name,
-            "versions": self.versions,
-            "platform": self.platform,
-            "inputs": tensors(self.inputs),
-            "outputs": tensors(self.outputs),
-        }
-
-
-def map_triton_error(exc: InferenceServerException, model: str | None = None) -> GatewayError:
-    """Triton/gRPC failure → a gateway error with a status a client can act on.
-
-    Only INVALID_ARGUMENT carries Triton's text (what to fix in the input), sanitized; every
-    other failure is logged here and answered without it (addresses, internal names).
-    """
-    status = str(exc.status() or "")
-    message = str(exc.message() or exc)
-    lowered = message.lower()
-    subject = f"model {model!r}" if model else "Triton"
-    if "maximum queue size" in lowered:
-        return GatewayError(
-            429, "queue_full", f"{subject} is overloaded (queue full); retry later",
-            headers={"Retry-After": "1"},
-        )  # fmt: skip
-    if "DEADLINE_EXCEEDED" in status or "deadline" in lowered:
-        return GatewayError(
-            504, "upstream_timeout", f"{subject} did not answer within the deadline"
-        )
-    if "unknown model" in lowered or "NOT_FOUND" in status:
-        return not_found(f"{subject} is not served by Triton", code="model_not_found")
-    if "timeout expired" in lowered:  # Triton's own queue timeout
-        return unavailable(f"{subject} timed out in Triton's queue; retry later")
-    dead = _DEAD_STUB.search(message)
-    if dead:
-        log.warning("%s: a python backend stub died: %s", subject, message)
-        return GatewayError(
-            503, "model_restarting", f"{subject} is restarting; retry shortly",
-            headers={"Retry-After": "1"}, detail=dead.group(1),
-        )  # fmt: skip
-    if "UNAVAILABLE" in status or "not ready" in lowered:
-        log.warning("%s unavailable: %s", subject, message)
-        return unavailable(f"{subject} is unavailable: Triton cannot be reached or is not ready")
-    if "INVALID_ARGUMENT" in status:
-        text = sanitize(message)
-        return GatewayError(
-            400, "invalid_input", f"{subject} rejected the input: {text}", detail=text
-        )
-    if "RESOURCE_EXHAUSTED" in status:
-        return GatewayError(413, "too_large", f"{subject}: request or response too large")
-    log.warning("%s failed: %s %s", subject, status, message)
-    return GatewayError(502, "upstream_error", f"{subject} failed; the gateway log has details")
-
-
-class CircuitBreaker:
-    """Closed → (``failures`` in a row) → open for ``cooldown_s`` → one trial call → closed."""
-
-    def __init__(self, failures: int, cooldown_s: float) -> None:
-        self.failures = failures
-        self.cooldown_s = cooldown_s
-        self._count = 0
-        self._opened_at: float | None = None
-        self._trial = False
-
-    @property
-    def state(self) -> str:
-        if self._opened_at is None:
-            return "closed"
-        if time.monotonic() - self._opened_at >= self.cooldown_s:
-            return "half_open"
-        return "open"
-
-    def allow(self) -> bool:
-        """May a call go now? In half-open, the one caller that gets True holds the trial and
-        must end it with ``success``, ``failure`` or ``cancel``."""
-        state = self.state
-        if state == "closed":
-            return True
-        if state == "half_open" and not self._trial:
-            self._trial = True
-            return True
-        return False
-
-    def cancel(self) -> None:
-        """The call that held the trial never reached Triton (e.g. no slot): free the trial."""
-        self._trial = False
-
-    def success(self) -> None:
-        self._count, self._opened_at, self._trial = 0, None, False
-
-    def failure(self) -> None:
-        self._count += 1
-        self._trial = False
-        if self._count >= self.failures or self._opened_at is not None:
-            self._opened_at = time.monotonic()
-
-
-def _restarting(name: str) -> GatewayError:
-    return GatewayError(
-        503, "model_restarting", f"model {name!r} is restarting; retry shortly",
-        headers={"Retry-After": "1"},
-    )  # fmt: skip
-
-
-def _is_unreachable(error: GatewayError) -> bool:
-    """Failures that say the model cannot be reached (a deadline does not: see the docstring)."""
-    return error.code in ("upstream_unavailable", "model_restarting")
 
 
 class Upstream:
-    """One async gRPC client to Triton, shared by all requests of a gateway process."""
+    """One client to Triton, shared by all requests of a gateway process."""
 
-    def __init__(self, settings: GatewaySettings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: GatewaySettings, metrics: Metrics, client: TritonClient | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self._client: grpcaio.InferenceServerClient | None = None
+        self._client: TritonClient | None = client
+        self._injected = client is not None
         self._breakers: dict[str, CircuitBreaker] = {}
         self._slots = asyncio.Semaphore(settings.max_inflight)
         self._models: dict[str, ModelInfo] = {}
         self._missing: dict[str, float] = {}  # unknown model -> when to ask Triton again
         self._loading: dict[str, asyncio.Task[ModelInfo]] = {}
+        self._latency: dict[tuple[str, str], Any] = {}  # (model, outcome) -> histogram child
         self._lost = False  # Triton was unreachable: reload metadata once it answers again
         key = settings.triton_admin_key
         # Triton's gRPC frontend expects restricted-protocol headers with this prefix
@@ -197,7 +56,8 @@ class Upstream:
             if key
             else None
         )
-        self.on_dead_stub: list[Any] = []  # callbacks(model, instance): the health monitor
+        # callbacks(model, instance) when a call met a dead python stub: the health monitor
+        self.on_dead_stub: list[Callable[[str, str], None]] = []
         self.restarting: set[str] = set()  # models being reloaded (and the pipelines using them)
 
     def breaker(self, model: str) -> CircuitBreaker:
@@ -209,32 +69,18 @@ class Upstream:
         return found
 
     async def open(self) -> None:
-        """Create the gRPC channel (inside the serving event loop: gRPC aio binds to it)."""
-        self._client = grpcaio.InferenceServerClient(
-            self.settings.triton_grpc_url,
-            channel_args=[
-                ("grpc.max_send_message_length", _MAX_MESSAGE),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
-                ("grpc.keepalive_time_ms", 30_000),
-                # with a dns:/// target naming a headless Service, spread calls over every
-                # Triton pod (a ClusterIP Service balances connections, not calls)
-                ("grpc.lb_policy_name", "round_robin"),
-                # reconnect within a second once Triton is back (gRPC's default backoff grows
-                # to minutes; measured: 2.9 s to recover after a 2.5 s outage)
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ],
-        )
+        """Open the gRPC channel (inside the serving event loop: gRPC aio binds to it)."""
+        if self._client is None:
+            self._client = TritonGrpc(self.settings.triton_grpc_url)
 
     @property
-    def client(self) -> grpcaio.InferenceServerClient:
+    def client(self) -> TritonClient:
         if self._client is None:
             raise RuntimeError("Upstream.open() was not called (the app's lifespan opens it)")
         return self._client
 
     async def close(self) -> None:
-        if self._client is not None:
+        if self._client is not None and not self._injected:
             await self._client.close()
             self._client = None
 
@@ -252,11 +98,11 @@ class Upstream:
         """Metadata of a served model (cached ``metadata_ttl_s``; 404/503 as GatewayError)."""
         info = self._models.get(name)
         now = time.monotonic()
-        fresh = info and now - info.fetched_at < self.settings.metadata_ttl_s
+        fresh = info is not None and now - info.fetched_at < self.settings.metadata_ttl_s
         if info is not None and (fresh or name in self.restarting) and not refresh:
             return info  # (while it reloads Triton does not know it: keep what we knew)
         if name in self.restarting:
-            raise _restarting(name)
+            raise restarting_error(name)
         if self._missing.get(name, 0.0) > now and not refresh:  # asked a moment ago
             raise not_found(f"model {name!r} is not served by Triton", code="model_not_found")
         task = self._loading.get(name)
@@ -279,55 +125,30 @@ class Upstream:
 
     async def _fetch(self, name: str) -> ModelInfo:
         timeout = self.settings.metadata_timeout_s
+        client = self.client
         try:
             meta, config = await asyncio.gather(
-                self.client.get_model_metadata(name, as_json=True, client_timeout=timeout),
-                self.client.get_model_config(name, as_json=True, client_timeout=timeout),
+                client.get_model_metadata(name, as_json=True, client_timeout=timeout),
+                client.get_model_config(name, as_json=True, client_timeout=timeout),
             )
+            info = from_triton(meta, config)
+            if info.steps:  # an ensemble: its steps' newest versions, read once with it
+                steps = await asyncio.gather(
+                    *(client.get_model_metadata(s, True, timeout) for s in info.steps)
+                )
+                versions = (newest(list(m.get("versions", []))) for m in steps)
+                info.step_versions = dict(zip(info.steps, versions, strict=True))
         except InferenceServerException as exc:
             raise map_triton_error(exc, name) from None
-        config = config.get("config", config)
-        optional = {i["name"] for i in config.get("input", []) if i.get("optional")}
-        steps = tuple(
-            step["model_name"]
-            for step in config.get("ensemble_scheduling", {}).get("step", [])
-            if step.get("model_name")
-        )
-
-        def tensors(items: list[dict[str, Any]]) -> list[TensorInfo]:
-            return [
-                TensorInfo(
-                    t["name"],
-                    t["datatype"],
-                    tuple(int(d) for d in t.get("shape", [])),
-                    t["name"] in optional,
-                )
-                for t in items
-            ]
-
-        return ModelInfo(
-            name=meta["name"],
-            versions=list(meta.get("versions", [])),
-            max_batch_size=int(config.get("max_batch_size", 0)),
-            inputs=tensors(meta.get("inputs", [])),
-            outputs=tensors(meta.get("outputs", [])),
-            platform=meta.get("platform", ""),
-            steps=steps,
-        )
+        return info
 
     # -- inference ---------------------------------------------------------------------------
-    async def infer(
-        self,
-        model: ModelInfo,
-        inputs: Sequence[grpcclient.InferInput],
-        outputs: Sequence[grpcclient.InferRequestedOutput] | None = None,
-        *,
-        request_id: str = "",
-    ) -> grpcclient.InferResult:
+    def _admit(self, model: ModelInfo) -> CircuitBreaker:
+        """The model's breaker, or a 503 when it is restarting or its breaker is open."""
         if self.restarting and (
             model.name in self.restarting or self.restarting.intersection(model.steps)
         ):
-            raise _restarting(model.name)
+            raise restarting_error(model.name)
         breaker = self.breaker(model.name)
         if not breaker.allow():
             self.metrics.upstream_rejected.labels(reason="circuit_open").inc()
@@ -337,6 +158,10 @@ class Upstream:
                 code="circuit_open",
                 retry_after_s=max(1, round(self.settings.breaker_cooldown_s)),
             )
+        return breaker
+
+    async def _slot(self, breaker: CircuitBreaker) -> None:
+        """One of the ``max_inflight`` upstream slots, waited for a bounded time (else 503)."""
         try:
             if self._slots.locked():  # full: wait a bounded time (wait_for costs a task)
                 await asyncio.wait_for(self._slots.acquire(), self.settings.inflight_wait_s or 1e-3)
@@ -346,10 +171,23 @@ class Upstream:
             breaker.cancel()  # a half-open trial that never ran must not keep the breaker shut
             self.metrics.upstream_rejected.labels(reason="overloaded").inc()
             raise GatewayError(
-                503, "gateway_overloaded",
+                503,
+                "gateway_overloaded",
                 f"the gateway has {self.settings.max_inflight} requests in flight; retry later",
                 headers={"Retry-After": "1"},
-            ) from None  # fmt: skip
+            ) from None
+
+    async def infer(
+        self,
+        model: ModelInfo,
+        inputs: Sequence[Any],
+        outputs: Sequence[Output] | None = None,
+        *,
+        request_id: str = "",
+    ) -> Any:
+        """One inference (``gateway.triton.RawInput`` or ``InferInput`` tensors)."""
+        breaker = self._admit(model)
+        await self._slot(breaker)
         started = time.perf_counter()
         outcome = "ok"
         try:
@@ -361,28 +199,39 @@ class Upstream:
                 client_timeout=self.settings.upstream_timeout_s,
             )
         except InferenceServerException as exc:
-            error = map_triton_error(exc, model.name)
+            error = self._failed(model, breaker, exc)
             outcome = error.code
-            if _is_unreachable(error):
-                breaker.failure()
-                self._lost = True
-            else:
-                breaker.success()  # Triton answered (or only this request was slow)
-            if error.code == "model_restarting":
-                for callback in self.on_dead_stub:
-                    callback(model.name, error.detail or "")
             raise error from None
         except BaseException:  # cancelled (client gone): the call's outcome is unknown
             breaker.cancel()
             raise
         finally:
             self._slots.release()
-            self.metrics.upstream_latency.labels(model=model.name, outcome=outcome).observe(
-                time.perf_counter() - started
-            )
+            self._observe(model.name, outcome, time.perf_counter() - started)
         breaker.success()
         self._reconnected()
         return result
+
+    def _failed(
+        self, model: ModelInfo, breaker: CircuitBreaker, exc: InferenceServerException
+    ) -> GatewayError:
+        error = map_triton_error(exc, model.name)
+        if is_unreachable(error):
+            breaker.failure()
+            self._lost = True
+        else:
+            breaker.success()  # Triton answered (or only this request was slow)
+        if error.code == "model_restarting":
+            for callback in self.on_dead_stub:
+                callback(model.name, error.detail or "")
+        return error
+
+    def _observe(self, model: str, outcome: str, seconds: float) -> None:
+        child = self._latency.get((model, outcome))
+        if child is None:  # labels() resolved once per (model, outcome), not per call
+            child = self.metrics.upstream_latency.labels(model=model, outcome=outcome)
+            self._latency[(model, outcome)] = child
+        child.observe(seconds)
 
     def _reconnected(self) -> None:
         """Triton answers again after it could not be reached: it may be a restarted server

@@ -43,7 +43,10 @@ def _requirements(path: Path = REQUIREMENTS) -> dict[str, Requirement]:
 def _copied_modules() -> set[str]:
     """Dotted names of the modules the Dockerfile copies (gateway/ whole, listed features)."""
     text = DOCKERFILE.read_text().replace("\\\n", " ")
-    modules = {f"gateway.{p.stem}" for p in (ROOT / "gateway").glob("*.py")}
+    modules = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts)
+        for p in (ROOT / "gateway").rglob("*.py")
+    }
     for line in text.splitlines():
         if line.startswith("COPY") and "/app/features/" in line:
             modules |= {f"features.{Path(f).stem}" for f in re.findall(r"features/\w+\.py", line)}

@@ -108,7 +108,7 @@ class FakeTriton:
         vector = np.full((rows, DIM), 0.05, dtype=np.float32)  # norm 0.98
         vector[:, 0] = len(raw[0].raw) / 1000  # differs with the input's size
         self._output(response, "sentence_embedding", "FP32", vector)
-        if model_name == "minilm_text":
+        if model_name.startswith("minilm_text"):  # and a pipeline pinned to a version
             self._output(response, "token_count", "INT64", np.full((rows, 1), 7, dtype=np.int64))
         return InferResult(response)
 

@@ -32,6 +32,7 @@ from rollout import analysis
 from rollout.budget import combined
 from rollout.errors import PlanError
 from rollout.settings import RolloutSettings
+from tests.fake_redis import FakeRedis
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -181,42 +182,6 @@ def test_latency_buckets_give_a_p99_within_ten_percent() -> None:
     buckets = Counter(latency_bucket(float(s)) for s in samples)
     assert quantile(dict(buckets), 0.99) == pytest.approx(np.quantile(samples, 0.99), rel=0.1)
     assert quantile({}, 0.99) is None
-
-
-class FakePipeline:
-    def __init__(self, store: FakeRedis) -> None:
-        self.store = store
-        self.calls: list[tuple[str, tuple[Any, ...]]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args: self.calls.append((name, args))
-
-    async def execute(self) -> list[Any]:
-        if self.store.down:
-            raise ConnectionError("redis down")
-        return [self.store.apply(name, args) for name, args in self.calls]
-
-
-class FakeRedis:
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-        self.down = False
-
-    def pipeline(self, transaction: bool = False) -> FakePipeline:
-        return FakePipeline(self)
-
-    def apply(self, name: str, args: tuple[Any, ...]) -> Any:
-        if name == "get":
-            return self.data.get(args[0])
-        if name in ("hincrby", "hincrbyfloat"):
-            h = self.data.setdefault(args[0], {})
-            h[args[1]] = h.get(args[1], 0) + args[2]
-        elif name == "hset":
-            self.data.setdefault(args[0], {})[args[1]] = args[2]
-        return None
-
-    def hash(self, key: str) -> dict[bytes, bytes]:
-        return {k.encode(): str(v).encode() for k, v in self.data.get(key, {}).items()}
 
 
 async def test_replicas_add_up_their_figures_and_keep_them_while_redis_is_down() -> None:

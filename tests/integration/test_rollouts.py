@@ -29,6 +29,7 @@ from deploy.local.redis import RedisServer
 from deploy.local.runtime import TritonRuntime
 from deploy.local.triton import TritonServer
 from export.reader import rollout_records, version_policy
+from gateway.traffic import BUCKETS, bucket, sticky_key
 from rollout.controller import Controller
 from rollout.settings import RolloutSettings
 from rollout.state import RolloutState
@@ -111,6 +112,11 @@ def world(
             gateway.stop()
 
 
+def candidate(rollout: str, key: str, weight: float) -> bool:
+    """Whether the caller with ``X-Routing-Key: key`` is on the candidate at ``weight`` %."""
+    return bucket(rollout, sticky_key("unlimited", key)) < round(weight * BUCKETS / 100)
+
+
 def windows(state: RolloutState) -> list[tuple[str, int, float, float]]:
     """Each step's (phase, weight, start, end): while every replica used its routes."""
     found = []
@@ -150,6 +156,11 @@ def test_a_good_candidate_is_promoted_step_by_step_with_no_failed_request(world:
     for phase, weight, start, end in windows(state):
         seen = load.between(start, end)
         share = 100 * sum(a.version == "2" for a in seen) / len(seen)
+        # each answer is the version its caller's bucket names (the split is the hash's)
+        wrong = [
+            a for a in seen if a.version != ("2" if candidate(state.id, a.key, weight) else "1")
+        ]
+        assert not wrong, (phase, weight, len(wrong), wrong[:3])
         assert abs(share - weight) <= 5, (phase, weight, share, len(seen))
     flipped = set()
     candidate_seen: set[str] = set()

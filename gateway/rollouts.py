@@ -42,7 +42,6 @@ from gateway.traffic import ROUTING_KEY_HEADER, VERSION_HEADER, ModelRoute, Rout
 from gateway.traffic_store import RouteStore, load_file
 from gateway.triton import Output
 from gateway.upstream import Upstream
-from gateway.version_metrics import VersionMetrics
 
 log = logging.getLogger("gateway")
 
@@ -153,7 +152,7 @@ class Rollouts:
             replica,
             timeout_s=settings.redis_timeout_s,
         )
-        self.metrics = VersionMetrics(metrics.registry)
+        self.metrics = metrics.versions
         self.recorder = StepRecorder(replica)
         self.mirror = ShadowMirror(
             self.recorder,

@@ -132,6 +132,8 @@ class Routed:
                 raise
             version = pick.version or shown or served
             rollouts.record(model.name, pick, version, True, started)
+            if not version:  # Triton always says; a fake or an old server may not
+                return answer, served
             headers = (*answer.headers, (VERSION_HEADER, version))
             return CachedResponse(answer.body, answer.media_type, headers), served
 

@@ -21,6 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
+from gateway.cache import CachedResponse
 from gateway.services import Services
 from gateway.settings import GatewaySettings
 from gateway.tenants import TenantConfig, hash_key
@@ -147,6 +148,11 @@ def test_the_cache_key_keeps_the_version(canary: tuple[TestClient, FakeTriton]) 
         assert first.headers["x-model-version"] == second.headers["x-model-version"] == version
         answers[version] = second.json()["model_version"]
     assert answers == {"1": "1", "2": "2"}  # one entry per version, never the other's
+
+
+def test_the_version_header_survives_a_redis_cache_entry() -> None:
+    answer = CachedResponse(b"{}", "application/json", (("X-Model-Version", "12"),))
+    assert CachedResponse.unseal(answer.seal("k", b"s" * 32), "k", b"s" * 32) == answer
 
 
 def test_a_version_is_pinned_by_the_path(

@@ -12,7 +12,6 @@ error and never reaches a client.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ class ShadowMirror:
         self._queue: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=queue_size)
         self._workers_wanted = workers
         self._workers: list[asyncio.Task[None]] = []
+        self._stopping = False
         self.dropped = 0
 
     def offer(self, job: ShadowJob) -> bool:
@@ -72,18 +72,28 @@ class ShadowMirror:
 
     def start(self) -> None:
         """Start the workers (inside the serving loop)."""
+        self._stopping = False
         self._workers = [asyncio.create_task(self._work()) for _ in range(self._workers_wanted)]
 
     async def stop(self) -> None:
-        for task in self._workers:
-            task.cancel()
-        for task in self._workers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._workers = []
+        """Stop the workers. A cancellation that Python 3.11's ``wait_for`` swallowed (the
+        shadow call finished at that moment) would leave a worker waiting on the queue for
+        ever: the workers also stop at the flag, and are cancelled again until they are done."""
+        self._stopping = True
+        workers, self._workers = self._workers, []
+        for _ in range(5):
+            pending = [task for task in workers if not task.done()]
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=1.0)
+        for task in workers:
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: a worker ends only by cancellation or the flag
 
     async def _work(self) -> None:
-        while True:
+        while not self._stopping:
             job = await self._queue.get()
             try:
                 await self.run(job)

@@ -105,9 +105,15 @@ class RouteStore:
             pipe = redis.pipeline(transaction=False)
             pipe.get(ROUTES_KEY)
             pipe.hset(REPLICAS_KEY, self.replica, replica_record(self.table.revision, time.time()))
-            raw, _ = await asyncio.wait_for(pipe.execute(), self.timeout_s)
+            # a refused HSET (an ACL without it) must not keep the table from being read
+            raw, record = await asyncio.wait_for(pipe.execute(raise_on_error=False), self.timeout_s)
         except Exception as exc:  # RedisError, timeouts, a closed connection: keep the table
             self._error("redis", type(exc).__name__)
+            return False
+        if isinstance(record, Exception):  # the controller will not see this replica
+            self._error("replica_record", record)
+        if isinstance(raw, Exception):
+            self._error("redis", type(raw).__name__)
             return False
         if raw is None or raw == self._raw:
             return False

@@ -14,7 +14,7 @@ class FakePipeline:
     def __getattr__(self, name: str) -> Any:
         return lambda *args: self.calls.append((name, args))
 
-    async def execute(self) -> list[Any]:
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
         if self.store.down:
             raise ConnectionError("redis down")
         return [self.store.apply(name, args) for name, args in self.calls]

@@ -29,7 +29,7 @@ from export import variants as V
 from export.budgets_text import explain
 from export.checks import Evidence
 from export.model_config import ServingOptions, Target, build_config, to_text, with_tuned
-from export.reader import latest_version, read_report
+from export.reader import latest_version, read_report, version_policy
 from export.repository import write_entry
 from export.spec import ModelSpec
 from export.status import Status, StepResult
@@ -353,6 +353,15 @@ def _install(
         previous = read_report(model_dir / str(version)) or previous
     report["changes"] = changes(previous, report)
     report["version_policy"] = f"latest {options.num_versions}"
+    has_config = (model_dir / "config.pbtxt").is_file()
+    pinned = version_policy(repository, spec.name) if latest and has_config else None
+    if pinned:  # rollouts decide what is served: the new version waits for one
+        config.version_policy.ClearField("latest")
+        config.version_policy.specific.versions.extend(pinned)
+        report["version_policy"] = (
+            f"specific {pinned} (kept: rollouts decide what is served; roll this version out "
+            f"with `tritonstack rollout start --model {spec.name} --version {report['version']}`)"
+        )
     report["status"] = "OK"
     report["steps"] = [s.as_dict() for s in result.steps]
     extra = dict(spec.extra_files)

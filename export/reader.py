@@ -136,3 +136,36 @@ def servable_models(repository: Path) -> tuple[list[str], list[str]]:
         (ready if version_dirs(config.parent) else unexported).append(name)
     ready.sort(key=lambda name: is_ensemble(repository, name))
     return ready, unexported
+
+
+def version_policy(repository: Path, name: str) -> list[int] | None:
+    """The versions ``name``'s config pins (``specific``: a rollout decided them), or None when
+    it serves the newest ones (``latest``)."""
+    config = load_config(repository / name / "config.pbtxt")
+    if config.version_policy.WhichOneof("policy_choice") != "specific":
+        return None
+    return sorted(int(v) for v in config.version_policy.specific.versions)
+
+
+def pipelines_using(repository: Path, name: str) -> list[str]:
+    """The ensembles of ``repository`` with a step on ``name`` (e.g. ``minilm_text``)."""
+    found = []
+    for path in sorted(repository.glob("*/config.pbtxt")):
+        try:
+            config = load_config(path)
+        except ModelConfigError:
+            continue
+        steps = config.ensemble_scheduling.step
+        if config.platform == ENSEMBLE and any(s.model_name == name for s in steps):
+            found.append(config.name or path.parent.name)
+    return found
+
+
+def rollout_records(repository: Path, name: str) -> list[dict[str, Any]]:
+    """The rollouts recorded in the export reports of ``name``'s versions, oldest first."""
+    records = []
+    for version_dir in version_dirs(repository / name):
+        for record in (read_report(version_dir) or {}).get("rollouts", []):
+            if isinstance(record, dict):
+                records.append({**record, "version": int(version_dir.name)})
+    return sorted(records, key=lambda r: float(r.get("started_unix", 0)))

@@ -96,12 +96,14 @@ async def cached_call(
     *,
     items: int,
     decision: Decision | None = None,
+    version: str | None = None,
 ) -> Response:
     """Charge ``items`` and look the answer up (one Redis round trip), or call ``produce()``
     and fill the cache. ``decision``: the request was charged already (the cache is only read).
+    ``version``: the version a route or the path chose (None: the model's newest).
     """
     cache = svc.cache if svc.settings.cache_enabled else None
-    key = cache_key(tenant.name, model.name, model.version, *parts)
+    key = cache_key(tenant.name, model.name, version or model.version, *parts)
     result = "bypass"
     if cache is not None and not _bypass_cache(request):
         if decision is None:
@@ -118,15 +120,15 @@ async def cached_call(
         decision = await charge(request, svc, tenant, items)
     if cache is not None:
         svc.metrics.cache_result(cache.layer, result)
-    answer, version = await produce()
+    answer, served = await produce()
     if (
         cache is not None
         and "no-store" not in request.headers.get("cache-control", "").lower()
         and len(answer.body) <= svc.settings.cache_max_entry_bytes
     ):
-        if version and version != model.version:  # a new version is live: learn it
+        if version is None and served and served != model.version:  # a new version is live
             model = await svc.upstream.model(model.name, refresh=True)
-        fill = cache_key(tenant.name, model.name, version or model.version, *parts)
+        fill = cache_key(tenant.name, model.name, version or served or model.version, *parts)
         await cache.put(fill, answer)
     return _respond(answer, decision, result.upper())
 

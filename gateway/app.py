@@ -40,6 +40,7 @@ from gateway.health import Health
 from gateway.metrics import Metrics
 from gateway.ratelimit import RateLimiter, RedisRateLimiter, ResilientRateLimiter
 from gateway.redis_pipe import RedisPipe
+from gateway.rollouts import Rollouts
 from gateway.routing import add_routes
 from gateway.services import Services, open_features
 from gateway.settings import Environment, GatewaySettings
@@ -128,6 +129,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     metrics_server, _ = start_http_server(
         settings.metrics_port, settings.metrics_host or settings.host, registry=svc.metrics.registry
     )
+    await svc.rollouts.start(lambda: svc.redis)  # the route table from Redis before serving
     health = await _start_health(svc)
     monitor = asyncio.create_task(health.run())
     try:
@@ -136,6 +138,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         monitor.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await monitor
+        await svc.rollouts.stop()
         metrics_server.shutdown()
         metrics_server.server_close()
         await _close(svc)
@@ -149,6 +152,7 @@ def _services(
     features: OnlineFeatures | None,
 ) -> Services:
     metrics = Metrics()
+    upstream_ = Upstream(settings, metrics, client=upstream)
     if cache is None and settings.cache_enabled:
         cache = LocalCache(
             settings.cache_max_entries, settings.cache_max_bytes, settings.cache_ttl_s
@@ -156,12 +160,13 @@ def _services(
     svc = Services(
         settings=settings,
         metrics=metrics,
-        upstream=Upstream(settings, metrics, client=upstream),
+        upstream=upstream_,
         auth=Authenticator(settings.tenants),
         limiter=ResilientRateLimiter(limiter, settings.redis_failure_policy, metrics),
         cache=cache,
         shapes=Shapes((router.prefix, shape) for router, shape in ROUTERS),
         embedding_models=settings.embedding_models(),
+        rollouts=Rollouts(settings, metrics, upstream_),
         features=features,
     )
     if settings.scoring_enabled or features is not None:

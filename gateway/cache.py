@@ -30,13 +30,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.redis_pipe import RedisPipe
+from gateway.traffic import VERSION_HEADER
 
 log = logging.getLogger(__name__)
 
 
 # What the gateway itself caches: anything else read back from Redis is refused.
 MEDIA_TYPES = frozenset({"application/json", "application/octet-stream"})
-HEADERS = frozenset({"Inference-Header-Content-Length"})
+HEADERS = frozenset({"Inference-Header-Content-Length", VERSION_HEADER})
 _TAG = 32  # HMAC-SHA256
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import orjson
@@ -25,6 +25,9 @@ from gateway.errors import GatewayError, bad_request
 from gateway.models import ModelInfo
 from gateway.triton import RawInput
 from gateway.upstream import Upstream
+
+if TYPE_CHECKING:
+    from gateway.rollouts import Routed
 
 TEXT_INPUT = "text"
 EMBEDDING_OUTPUT = "sentence_embedding"
@@ -121,7 +124,7 @@ def _for_input(error: GatewayError, offset: int) -> GatewayError:
 
 
 async def embed(
-    upstream: Upstream, model: ModelInfo, texts: list[bytes]
+    upstream: Upstream | Routed, model: ModelInfo, texts: list[bytes]
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Embeddings and token counts of UTF-8 ``texts`` (chunks run concurrently), and the
     version of the pipeline that ran."""

@@ -7,6 +7,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gateway.version_metrics import VersionMetrics
+
 # Latency buckets from 1 ms to 10 s: model calls here take milliseconds, deadlines seconds.
 _BUCKETS = (
     0.001,
@@ -79,6 +81,7 @@ class Metrics:
             "gateway_redis_errors_total", "Redis failures per use", ["use"], registry=r
         )
         self.inflight = Gauge("gateway_requests_in_flight", "Requests being served", registry=r)
+        self.versions = VersionMetrics(r)  # per model version: gateway/rollouts.py records them
 
         # labelled children, resolved once per label set (labels() costs a lock and a lookup)
         self._per_request: dict[tuple[str, str, int], tuple[Any, Any]] = {}

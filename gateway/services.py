@@ -1,4 +1,5 @@
-"""What one gateway process holds: its clients, limiter, cache, health and routing tables."""
+"""What one gateway process holds: its clients, limiter, cache, health, routing and route
+tables."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from gateway.upstream import Upstream
 if TYPE_CHECKING:
     from gateway.capturing import Capture
     from gateway.health import Health
+    from gateway.rollouts import Rollouts
 
 log = logging.getLogger("gateway")
 
@@ -37,6 +39,7 @@ class Services:
     cache: ResponseCache | None
     shapes: Shapes  # each router's error shape, by path prefix
     embedding_models: dict[str, str]  # /v1/embeddings: the name a client sends -> the encoder
+    rollouts: Rollouts  # the route table: which version answers (gateway/rollouts.py)
     health: Health | None = None
     redis: Redis | None = None
     redis_pipe: RedisPipe | None = None  # the hot path's commands on one pipelined connection

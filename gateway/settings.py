@@ -142,6 +142,25 @@ class GatewaySettings(BaseSettings):
         False, description="/readyz also needs the scoring model and the online store"
     )
 
+    # -- rollouts (gateway/rollouts.py): the route table, per-version figures, shadow copies ---
+    routes_file: Path | None = Field(
+        None, description="the route table used until Redis has one (JSON; none: no routes)"
+    )
+    routes_poll_s: float = Field(
+        0.5, gt=0, le=1.0, description="how often Redis' route table is read (a change is used "
+        "within this and a request's time)",
+    )  # fmt: skip
+    stats_flush_s: float = Field(
+        1.0, gt=0, description="how often a rollout's per-version figures are added to Redis"
+    )
+    shadow_queue: int = Field(256, ge=1, description="shadow copies waiting (past it: dropped)")
+    shadow_workers: int = Field(4, ge=1, description="shadow calls in flight per replica")
+    shadow_timeout_s: float = Field(5.0, gt=0, description="deadline of one shadow call")
+    replica_id: str | None = Field(
+        None, description="this replica's name in the route table's replica records "
+        "(default: host name and process id)",
+    )  # fmt: skip
+
     event_loop: Literal["asyncio", "uvloop", "auto"] = Field(
         "asyncio", description="uvicorn's loop; grpc.aio measured slower under uvloop"
     )

@@ -64,6 +64,7 @@ class TritonClient(Protocol):
         outputs: Sequence[Output] | None = None,
         request_id: str = "",
         client_timeout: float | None = None,
+        model_version: str = "",
     ) -> Any: ...
 
     async def get_model_metadata(
@@ -127,8 +128,11 @@ class TritonGrpc:
         outputs: Sequence[Output] | None = None,
         request_id: str = "",
         client_timeout: float | None = None,
+        model_version: str = "",  # "" = the one Triton's version policy picks (the newest)
     ) -> InferResult:
-        request = service_pb2.ModelInferRequest(model_name=model_name, id=request_id)
+        request = service_pb2.ModelInferRequest(
+            model_name=model_name, model_version=model_version, id=request_id
+        )
         tensors, contents = request.inputs, request.raw_input_contents
         for item in inputs:
             if isinstance(item, RawInput):

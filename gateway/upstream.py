@@ -184,8 +184,10 @@ class Upstream:
         outputs: Sequence[Output] | None = None,
         *,
         request_id: str = "",
+        version: str = "",
     ) -> Any:
-        """One inference (``gateway.triton.RawInput`` or ``InferInput`` tensors)."""
+        """One inference (``gateway.triton.RawInput`` or ``InferInput`` tensors) of ``model``'s
+        ``version`` ("": the newest Triton serves)."""
         breaker = self._admit(model)
         await self._slot(breaker)
         started = time.perf_counter()
@@ -197,6 +199,7 @@ class Upstream:
                 outputs=list(outputs) if outputs else None,
                 request_id=request_id,
                 client_timeout=self.settings.upstream_timeout_s,
+                model_version=version,
             )
         except InferenceServerException as exc:
             error = self._failed(model, breaker, exc)

@@ -61,6 +61,7 @@ class Call:
     model: str
     inputs: list[RawInput]
     outputs: list[str]
+    version: str = ""  # the version asked for ("": the newest)
 
 
 @dataclass
@@ -77,20 +78,28 @@ class FakeTriton:
         outputs: Sequence[Any] | None = None,
         request_id: str = "",
         client_timeout: float | None = None,
+        model_version: str = "",
     ) -> InferResult:
         raw = [
             t if isinstance(t, RawInput)
             else RawInput(t.name(), t.datatype(), tuple(t.shape()), t._get_content() or b"")
             for t in inputs
         ]  # fmt: skip
-        self.calls.append(Call(model_name, raw, [o._get_tensor().name for o in outputs or ()]))
+        named = [o._get_tensor().name for o in outputs or ()]
+        self.calls.append(Call(model_name, raw, named, model_version))
         if model_name not in self.models:
             raise InferenceServerException(
                 f"Request for unknown model: '{model_name}'", status="StatusCode.NOT_FOUND"
             )
         rows = raw[0].shape[0]
+        versions = self.models[model_name][0]["versions"]
+        if model_version and model_version not in versions:
+            raise InferenceServerException(
+                f"Request for unknown model: '{model_name}' version {model_version} is not found",
+                status="StatusCode.NOT_FOUND",
+            )
         response = service_pb2.ModelInferResponse(
-            model_name=model_name, model_version=self.models[model_name][0]["versions"][-1]
+            model_name=model_name, model_version=model_version or versions[-1]
         )
         if model_name == "driver_ranker":
             features = np.frombuffer(raw[0].raw, dtype="<f4").reshape(rows, -1)
@@ -99,7 +108,7 @@ class FakeTriton:
         vector = np.full((rows, DIM), 0.05, dtype=np.float32)  # norm 0.98
         vector[:, 0] = len(raw[0].raw) / 1000  # differs with the input's size
         self._output(response, "sentence_embedding", "FP32", vector)
-        if model_name == "minilm_text":
+        if model_name.startswith("minilm_text"):  # and a pipeline pinned to a version
             self._output(response, "token_count", "INT64", np.full((rows, 1), 7, dtype=np.int64))
         return InferResult(response)
 

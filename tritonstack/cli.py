@@ -25,6 +25,7 @@ from tritonstack.demo import run_demo
 from tritonstack.features_cli import features_app
 from tritonstack.infer import Endpoint, InferenceError, Protocol, TextEmbedder
 from tritonstack.monitor_cli import capture_app, drift, monitor_app
+from tritonstack.rollout_cli import rollout_app
 from tritonstack.stack_cli import register as register_stack_commands
 
 
@@ -62,6 +63,7 @@ app.command()(export_cli.export)
 app.command()(variants_cli.variants)
 app.add_typer(features_app, name="features")
 app.add_typer(bench_app, name="bench")
+app.add_typer(rollout_app, name="rollout")
 register_stack_commands(app)  # up, down, status, logs
 app.command()(batch)  # batch scoring of a dataset through Triton
 app.add_typer(capture_app, name="capture")  # the capture sink

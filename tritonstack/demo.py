@@ -2,8 +2,9 @@
 
 export (reused when the installed artefact still matches its report) -> features -> ``up`` ->
 embeddings over gRPC, REST and the gateway checked against PyTorch (sentence-transformers) ->
-perf_analyzer sweep -> driver scores -> a drift report of the demo's own traffic -> summary.
-The stack stays up until ``tritonstack down``.
+perf_analyzer sweep -> driver scores -> a second MiniLM version rolled out (shadow, canary,
+promote) -> a drift report of the demo's own traffic -> summary. The stack stays up until
+``tritonstack down``.
 Each step is a call into the package that owns it; this module strings them together and
 prints. The export step's imports load torch and are deferred into it on purpose: a reused
 export never pays for them.
@@ -24,6 +25,7 @@ from tritonstack import features_cli
 from tritonstack.console import styled
 from tritonstack.demo_checks import embed_and_compare, score
 from tritonstack.demo_monitoring import drift_report
+from tritonstack.demo_rollout import rollout_step
 
 
 def _export(console: Console, settings: StackSettings) -> bool:
@@ -97,6 +99,7 @@ def run_demo(console: Console) -> int:
     drift = None
     if gateway is not None:
         ok = score(console, gateway.url, key) and ok
+        ok = rollout_step(console, settings, gateway.url, key) and ok
         if stack.read_service(settings, "capture") is not None:
             drift = drift_report(console, settings, gateway.url, key)
             ok = drift is not None and ok

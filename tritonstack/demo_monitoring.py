@@ -82,14 +82,14 @@ def _stored(store: Store, since: datetime) -> int:
 
 
 def drift_report(console: Console, settings: StackSettings, url: str, key: str) -> Path | None:
-    """Step 6; the report's index.html, or None when it could not be made (printed why)."""
+    """Step 7; the report's index.html, or None when it could not be made (printed why)."""
     features = FeatureSettings()
     store = Store(str(settings.capture_store))
     repository = settings.model_repository.absolute()
     version = max((p.name for p in (repository / MODEL).iterdir() if p.name.isdigit()), key=int)
     started = datetime.now(UTC) - timedelta(seconds=1)
     try:
-        with console.status("6. reference: the driver ranker's Feast training window"):
+        with console.status("7. reference: the driver ranker's Feast training window"):
             spec, table = reference.from_training(features, repository / MODEL / version /
                                                   "model.onnx", version)  # fmt: skip
             reference.save(store, spec, table)
@@ -107,12 +107,12 @@ def drift_report(console: Console, settings: StackSettings, url: str, key: str) 
         accuracy = live_accuracy(store, MODEL, end, window_s=(end - started).total_seconds(),
                                  delay_s=0, spec=spec)  # fmt: skip
     except (MonitoringError, httpx.HTTPError, OSError, KeyError) as exc:
-        console.print(styled("6. drift report failed", "red", f": {exc}"))
+        console.print(styled("7. drift report failed", "red", f": {exc}"))
         return None
     folder = settings.home.absolute() / "reports" / f"demo-drift-{end:%Y%m%dT%H%M%S}"
     index = report.write(result, accuracy, folder)
     title = (
-        f"6. drift of the demo's own traffic ({rows} scored drivers, {outcomes} outcomes) "
+        f"7. drift of the demo's own traffic ({rows} scored drivers, {outcomes} outcomes) "
         f"vs the training window ({result.reference_rows} rows)"
     )
     out = Table(title=title)

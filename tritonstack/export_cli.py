@@ -108,6 +108,9 @@ def export(
         ),
     ] = 0,
     max_batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    load: Annotated[
+        bool, typer.Option(help="load it into a running stack (--no-load: for a rollout)")
+    ] = True,
     instances: Annotated[
         int | None,
         typer.Option(min=1, help="instances (per GPU for gpu); default: tuned record, else 1"),
@@ -190,4 +193,5 @@ def export(
             f"{failure.reason if failure else 'unknown'}; nothing was written to {repository} "
             f"(report: {result.report_path})"
         )
-    serve_export(settings, repository, spec.name, spec.tokenizer is not None)
+    if load:
+        serve_export(settings, repository, spec.name, spec.tokenizer is not None)

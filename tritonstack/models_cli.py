@@ -23,7 +23,12 @@ def models_table(rows: list[dict[str, Any]], title: str = "models") -> Table:
     for row in rows:
         note = row["reason"]
         if row["newer_on_disk"] and row["served_versions"]:
-            note = f"a newer version is on disk: `tritonstack reload {row['name']}`"
+            name, newest = row["name"], max(row["on_disk"])
+            note = (
+                f"version {newest} waits for `tritonstack rollout start -m {name} -v {newest}`"
+                if row.get("pinned")
+                else f"a newer version is on disk: `tritonstack reload {row['name']}`"
+            )
         table.add_row(
             row["name"],
             ", ".join(map(str, row["served_versions"])) or "-",

@@ -24,7 +24,7 @@ from deploy.local.settings import StackSettings
 from deploy.local.state import read_state_file
 from export.errors import ModelConfigError
 from export.model_config import ENSEMBLE, load_config
-from export.reader import read_report, servable_models, version_dirs
+from export.reader import read_report, servable_models, version_dirs, version_policy
 
 LOAD_TIMEOUT_S = 300.0  # a python-backend model starts its stubs and runs its warm-up
 
@@ -39,6 +39,7 @@ class ModelStatus:
     variant: str | None = None  # of the newest served version: fp32 | optimized | int8 | ...
     on_disk: list[int] = field(default_factory=list)
     reason: str = ""  # Triton's, e.g. why a load failed
+    pinned: bool = False  # the config names the versions served (rollouts decide them)
 
     @property
     def newer_on_disk(self) -> bool:
@@ -103,6 +104,13 @@ def _variant(repository: Path, name: str, version: int | None) -> str | None:
     return str(variant) if variant else None
 
 
+def _pinned(repository: Path, name: str) -> bool:
+    try:
+        return version_policy(repository, name) is not None
+    except ModelConfigError:
+        return False
+
+
 def model_status(repository: Path, http_url: str | None) -> list[ModelStatus]:
     """Every model of ``repository`` and of the running Triton's index (None: not running)."""
     index = repository_index(http_url) if http_url else []
@@ -124,6 +132,7 @@ def model_status(repository: Path, http_url: str | None) -> list[ModelStatus]:
                 _variant(repository, name, served[-1] if served else None),
                 [int(p.name) for p in version_dirs(repository / name)],
                 "; ".join(sorted(r for r in reasons if r)) if not served else "",
+                _pinned(repository, name),
             )
         )
     return found

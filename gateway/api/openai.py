@@ -106,21 +106,27 @@ async def create_embeddings(
         )
     # The ensemble runs the encoder's newest version but reports its own: the encoder's (read
     # with the pipeline's metadata, refreshed every metadata_ttl_s) is part of the cache key.
-    version = pipeline.step_versions.get(encoder) or (await svc.upstream.model(encoder)).version
+    routed = svc.rollouts.route(pipeline, tenant, request)  # a rollout's route, if any
+    version = (
+        routed.version
+        or pipeline.step_versions.get(encoder)
+        or (await svc.upstream.model(encoder)).version
+    )
     label_model(request, encoder)
     parts = [f"{encoder}@{version}".encode(), body.model.encode(), body.encoding_format.encode()]
     captured = capturing.begin(svc, tenant, encoder)  # None: capture off or not sampled
 
     async def produce() -> tuple[CachedResponse, str]:
-        vectors, tokens, ran = await embeddings.embed(svc.upstream, pipeline, encoded)
+        vectors, tokens, ran = await embeddings.embed(routed, pipeline, encoded)
         if captured is not None:
             captured.keep((vectors, tokens))
         answer = embeddings.build_response(vectors, tokens, body)
         return CachedResponse(answer, "application/json"), ran
 
     answer = await cached_call(
-        request, svc, tenant, pipeline, [*parts, *encoded], produce, items=len(encoded)
-    )
+        request, svc, tenant, pipeline, [*parts, *encoded], routed.produce(produce, version),
+        items=len(encoded), version=routed.version,
+    )  # fmt: skip
     if captured is not None:
         build = partial(capturing.v1_embeddings_record, texts=texts, version=version)
         capturing.finish(captured, answer, build)

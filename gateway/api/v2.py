@@ -14,7 +14,10 @@ from gateway.admission import cached_call, charge
 from gateway.cache import CachedResponse
 from gateway.deps import ModelDep, ServicesDep, TenantDep
 from gateway.errors import V2_ERRORS
+from gateway.models import ModelInfo
 from gateway.routing import LeanRoute
+from gateway.services import Services
+from gateway.tenants import Tenant
 
 VERSION = "0.1.0"
 router = APIRouter(prefix="/v2", tags=["v2"], route_class=LeanRoute)
@@ -31,7 +34,28 @@ INFER_BODY = {
 
 @router.post("/models/{model_name}/infer", openapi_extra=INFER_BODY, responses=V2_ERRORS)
 async def infer(model: ModelDep, request: Request, svc: ServicesDep, tenant: TenantDep) -> Response:
-    """Inference in the Open Inference Protocol (JSON or binary tensor data)."""
+    """Inference in the Open Inference Protocol (JSON or binary tensor data), answered by the
+    version the model's route picks for the caller (sticky by ``X-Routing-Key``, else the API
+    key's tenant) or, without a route, the newest Triton serves; ``X-Model-Version`` and
+    ``model_version`` say which."""
+    return await _infer(model, request, svc, tenant)
+
+
+@router.post(
+    "/models/{model_name}/versions/{model_version}/infer",
+    openapi_extra=INFER_BODY,
+    responses=V2_ERRORS,
+)
+async def infer_version(
+    model: ModelDep, model_version: str, request: Request, svc: ServicesDep, tenant: TenantDep
+) -> Response:
+    """Inference by one version of the model, whatever its route says."""
+    return await _infer(model, request, svc, tenant, model_version)
+
+
+async def _infer(
+    model: ModelInfo, request: Request, svc: Services, tenant: Tenant, pinned: str | None = None
+) -> Response:
     settings = svc.settings
     parsed = v2.parse_infer_request(
         await request.body(),
@@ -42,11 +66,11 @@ async def infer(model: ModelDep, request: Request, svc: ServicesDep, tenant: Ten
     )
     captured = capturing.begin(svc, tenant, model.name)  # None: capture off or not sampled
 
+    routed = svc.rollouts.route(model, tenant, request, pinned)  # which version answers
+
     async def produce() -> tuple[CachedResponse, str]:
         inputs = [t.to_grpc() for t in parsed.inputs]
-        result = await svc.upstream.infer(
-            model, inputs, parsed.requested_outputs(), request_id=parsed.id
-        )
+        result = await routed.infer(model, inputs, parsed.requested_outputs(), request_id=parsed.id)
         response = result.get_response()
         if captured is not None:
             captured.keep(response, response.model_version)
@@ -57,8 +81,9 @@ async def infer(model: ModelDep, request: Request, svc: ServicesDep, tenant: Ten
         return CachedResponse(payload, "application/octet-stream", headers), response.model_version
 
     answer = await cached_call(
-        request, svc, tenant, model, parsed.cache_parts(), produce, items=parsed.batch_size()
-    )
+        request, svc, tenant, model, parsed.cache_parts(), routed.produce(produce),
+        items=parsed.batch_size(), version=routed.version,
+    )  # fmt: skip
     if captured is not None:
         capturing.finish(captured, answer, partial(capturing.v2_record, parsed=parsed, model=model))
     return answer

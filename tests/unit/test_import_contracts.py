@@ -19,7 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = (
-    "export", "features", "gateway", "batch", "monitoring", "deploy", "benchmarks", "tritonstack",
+    "export", "features", "gateway", "batch", "monitoring", "rollout", "deploy", "benchmarks",
+    "tritonstack",
 )  # fmt: skip
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 # export's functions that write into a model repository (or build and install a model)
@@ -69,6 +70,8 @@ def test_the_tree_keeps_every_contract() -> None:
             "from export.tuning import apply_tuned",
             "benchmarks and batch read",
         ),
+        ("gateway/_broken.py", "import rollout.errors", "layers:"),  # below the controller
+        ("rollout/_broken.py", "import torch", "rollout: no torch"),
     ],
 )
 def test_a_breaking_import_fails_the_contract(

@@ -21,7 +21,7 @@ reliability: setup  ## the reliability/security scenarios alone, figures into be
 lint: setup
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
-	@$(VENV)/bin/mypy tritonstack export deploy gateway benchmarks features batch monitoring
+	@$(VENV)/bin/mypy tritonstack export deploy gateway benchmarks features batch monitoring rollout
 	@$(VENV)/bin/lint-imports --no-logo  # the package layers of docs/architecture.md
 
 bench: setup  ## config search + peers side by side (installs the `bench` extra): benchmarks/results

@@ -39,15 +39,20 @@ DEMO = RolloutSettings(
 )
 
 
+# the callers together stay under the development tenant's 200 items/s (deploy/local/gateway.py)
+CALLS_PER_S = 40.0
+
+
 @contextmanager
 def _callers(url: str, key: str, seen: Counter[str], threads: int = 4) -> Iterator[None]:
-    """``threads`` callers embedding short texts, each as 20 users (X-Routing-Key)."""
+    """``threads`` callers embedding short texts, each as 20 users (X-Routing-Key), each at most
+    ``CALLS_PER_S``; a 429 is counted and its ``Retry-After`` honoured, as a client should."""
     stop = threading.Event()
 
     def call(index: int) -> None:
         rng = random.Random(index)
         with httpx.Client(base_url=url, timeout=10) as client:
-            while not stop.is_set():
+            while not stop.wait(1 / CALLS_PER_S):
                 text = " ".join(rng.choice(WORDS) for _ in range(8))
                 headers = {
                     "Authorization": f"Bearer {key}",
@@ -59,6 +64,8 @@ def _callers(url: str, key: str, seen: Counter[str], threads: int = 4) -> Iterat
                         "/v1/embeddings", json={"model": "minilm", "input": text}, headers=headers
                     )
                     seen[f"{answer.status_code} v{answer.headers.get('x-model-version', '?')}"] += 1
+                    if answer.status_code == 429:
+                        stop.wait(float(answer.headers.get("retry-after", "1")))
                 except httpx.HTTPError:
                     seen["no answer"] += 1
 

@@ -36,7 +36,13 @@ from gateway.rollout_stats import parse_step, stats_key
 from rollout import analysis
 from rollout.budget import Budget, combined
 from rollout.errors import ConflictError, PlanError, TritonAdminError
-from rollout.routes import publish, republish_if_lost, routes_for, wait_for_replicas
+from rollout.routes import (
+    promoted_arms,
+    publish,
+    republish_if_lost,
+    routes_for,
+    wait_for_replicas,
+)
 from rollout.serving import Serving
 from rollout.settings import RolloutSettings
 from rollout.state import RolloutState, StateStore, Step, owner
@@ -279,7 +285,7 @@ class Controller:
         self._abort(state)
 
     def _promote(self, state: RolloutState) -> None:
-        self._publish(state, [(state.candidate, 100)])
+        self._publish(state, promoted_arms(state))  # every replica on it before stable unloads
         self.serving.only_candidate(state.model, state.candidate, state.pipelines)
         self._publish(state, None)
         for line in self.serving.unload(state.pipelines):

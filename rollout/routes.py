@@ -57,6 +57,12 @@ def routes_for(
     return built
 
 
+def promoted_arms(state: RolloutState) -> list[tuple[str, float]]:
+    """The arms of a promotion: the candidate alone, the stable version kept at 0 % (a route
+    names its stable version among its arms) until the routes go."""
+    return [(state.candidate, 100), (state.stable, 0)]
+
+
 def read_table(redis: Redis | Pipeline) -> RouteTable:
     raw = cast(bytes | None, redis.get(ROUTES_KEY))
     if raw is None:
@@ -79,9 +85,14 @@ def publish(redis: Redis, state: RolloutState, routes: dict[str, ModelRoute] | N
                 if routes:
                     kept.update(routes)
                 revision = max(int(time.time() * 1000), current.revision + 1, state.revision + 1)
-                table = RouteTable(revision, kept)
+                encoded = RouteTable(revision, kept).to_json()
+                try:  # what the gateways would refuse (and keep their old table) is never written
+                    parse_table(encoded)
+                except RouteTableError as exc:
+                    msg = f"the rollout built a route table the gateways refuse: {exc}"
+                    raise StoreError(msg) from None
                 pipe.multi()
-                pipe.set(ROUTES_KEY, table.to_json())
+                pipe.set(ROUTES_KEY, encoded)
                 pipe.execute()
                 state.revision = revision
                 return revision

@@ -419,3 +419,36 @@ def test_a_version_published_again_is_hard_links_and_its_own_report(tmp_path: Pa
     report = json.loads((made / "report.json").read_text())
     assert report["version"] == 4 and report["copied_from"] == 3 and "rollouts" not in report
     assert json.loads((source / "report.json").read_text())["rollouts"] == [{"id": "a"}]
+
+
+def test_every_table_a_rollout_publishes_is_one_the_gateways_accept(redis_server: Any) -> None:
+    """The promotion once published the candidate alone without its stable arm: the gateways
+    refused that table and kept the previous one while the controller went on to unload."""
+    import redis
+
+    from rollout.errors import StoreError
+    from rollout.routes import promoted_arms, publish, routes_for
+    from rollout.state import RolloutState
+
+    state = RolloutState(
+        "r-test", "minilm", "1", "2", {}, [50, 100], True, 1.0, 3,
+        {"metric": "cosine", "budget": 0.99},
+    )  # fmt: skip
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        published = [
+            [(state.stable, 100)],  # shadow, abort
+            [(state.candidate, 50), (state.stable, 50)],  # canary
+            promoted_arms(state),
+        ]
+        for arms in published:
+            revision = publish(client, state, routes_for(state, arms, shadow=False))
+            table = parse_table(client.get("tritonstack:routes"))
+            assert table.revision == revision
+            assert {a.version: a.weight for a in table.routes["minilm"].arms} == dict(arms)
+        with pytest.raises(StoreError, match="stable: '1' is not one of the arms"):
+            publish(client, state, routes_for(state, [(state.candidate, 100)], shadow=False))
+        assert parse_table(client.get("tritonstack:routes")).revision == revision  # unchanged
+    finally:
+        client.delete("tritonstack:routes")
+        client.close()

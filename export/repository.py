@@ -90,6 +90,16 @@ def write_version_policy(repository: Path, name: str, versions: Sequence[int]) -
     return config
 
 
+def write_latest_policy(repository: Path, name: str, num_versions: int = 1) -> mc.ModelConfig:
+    """Serve the newest ``num_versions`` of ``name`` again (``latest``, what an export writes)."""
+    path = repository / name / "config.pbtxt"
+    config = load_config(path)
+    config.version_policy.latest.CopyFrom(mc.ModelVersionPolicy.Latest(num_versions=num_versions))
+    validate_config(config, str(path))
+    _replace(path, to_text(config))
+    return config
+
+
 def pin_step(repository: Path, ensemble: str, model: str, version: int) -> mc.ModelConfig:
     """Make ``ensemble``'s step on ``model`` call ``version`` (-1: the newest served)."""
     path = repository / ensemble / "config.pbtxt"

@@ -22,7 +22,7 @@ from rich.console import Console
 from deploy.local import rollouts, stack
 from deploy.local.models import model_status
 from deploy.local.settings import StackSettings
-from export.repository import copy_version
+from export.repository import copy_version, write_latest_policy
 from rollout.errors import RolloutError
 from rollout.settings import RolloutSettings
 from tritonstack.console import styled
@@ -110,6 +110,10 @@ def rollout_step(console: Console, settings: StackSettings, url: str, key: str) 
         console.print(styled("6. rollout failed", "red", f": {exc}"))
         return False
     print_state(state, None)
+    if state.phase == "promoted":
+        # the candidate is the newest version on disk: `latest 1` serves the same one, and the
+        # tracked config is left as a fresh clone has it (a real rollout keeps its pin)
+        write_latest_policy(settings.model_repository, "minilm")
     answers = ", ".join(f"{k}: {n}" for k, n in sorted(seen.items()))
     ok = state.phase == "promoted" and all(k.startswith("200") for k in seen)
     console.print(styled("6. rollout", "green" if ok else "red", f": {state.phase}; {answers}"))

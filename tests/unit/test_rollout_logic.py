@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from export.reader import pipelines_using, rollout_records, version_policy
-from export.repository import pin_step, record_rollout, write_version_policy
+from export.repository import pin_step, record_rollout, write_latest_policy, write_version_policy
 from gateway.agreement import compare, passes, row_agreement, within
 from gateway.rollout_stats import (
     StepRecorder,
@@ -383,6 +383,12 @@ def test_policy_pins_and_records_are_written_whole(tmp_path: Path) -> None:
     assert version_policy(repo, "enc") is None
     write_version_policy(repo, "enc", [2, 1, 2])
     assert version_policy(repo, "enc") == [1, 2]
+    tracked = (ROOT / "model_repository" / "minilm" / "config.pbtxt").read_text()
+    (repo / "minilm").mkdir()
+    (repo / "minilm" / "config.pbtxt").write_text(tracked)
+    write_version_policy(repo, "minilm", [4])
+    write_latest_policy(repo, "minilm")  # the demo, after its promotion: the tracked text again
+    assert (repo / "minilm" / "config.pbtxt").read_text() == tracked
     assert pipelines_using(repo, "enc") == ["enc_text"]
     assert pin_step(repo, "enc_text", "enc", 1).ensemble_scheduling.step[0].model_version == 1
     assert "model_version: 1" in (repo / "enc_text" / "config.pbtxt").read_text()

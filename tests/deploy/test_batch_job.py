@@ -5,7 +5,6 @@ the same checks, and the image holds what `python -m tritonstack.batch_cli` impo
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from batch.settings import BatchSettings
 from deploy.validate import __main__ as validate
 from deploy.validate import manifests
 from tests.deploy.conftest import DEPLOY
-from tests.deploy.test_images import _imports, _requirements
+from tests.deploy.test_images import _imports, _requirements, copied_modules, unrequired_imports
 
 ROOT = DEPLOY.parent
 JOB = DEPLOY / "k8s" / "jobs" / "batch"
@@ -110,13 +109,7 @@ def test_the_job_fails_where_tritons_policy_does_not_let_it_in(
 
 # -- the batch image ----------------------------------------------------------------------------
 def _copied_modules() -> set[str]:
-    text = DOCKERFILE.read_text().replace("\\\n", " ")
-    modules = {f"batch.{p.stem}" for p in (ROOT / "batch").glob("*.py")}
-    for line in text.splitlines():
-        if line.startswith("COPY") and "--from" not in line:
-            files = re.findall(r"\b(?:tritonstack|features|export)/\w+\.py", line)
-            modules |= {f.removesuffix(".py").replace("/", ".") for f in files}
-    return modules
+    return copied_modules(DOCKERFILE, "batch", ("tritonstack", "features", "export"))
 
 
 def test_the_image_copies_every_first_party_module_the_cli_imports() -> None:
@@ -133,21 +126,9 @@ def test_the_image_copies_every_first_party_module_the_cli_imports() -> None:
 
 
 def test_the_image_requirements_cover_every_third_party_import() -> None:
-    import importlib.metadata
-
-    from packaging.utils import canonicalize_name
-
-    distributions = importlib.metadata.packages_distributions()
-    required = set(_requirements(REQUIREMENTS))
-    for module in sorted(_copied_modules()):
-        for name in _imports(module):
-            top = name.split(".")[0]
-            first_party = {"batch", "features", "tritonstack", "deploy", "export"}
-            lazy = name in LAZY_ONLY or top in LAZY_ONLY
-            if top in sys.stdlib_module_names or top in first_party or lazy:
-                continue
-            dists = {canonicalize_name(d) for d in distributions.get(top, [top])}
-            assert dists & required, f"{module} imports {name}: add it to {REQUIREMENTS.name}"
+    first_party = ("batch", "features", "tritonstack", "deploy", "export")
+    found = unrequired_imports(_copied_modules(), REQUIREMENTS, first_party, frozenset(LAZY_ONLY))
+    assert found == []
 
 
 def test_the_image_requirements_agree_with_pyproject() -> None:

@@ -64,6 +64,40 @@ def _imports(module: str) -> set[str]:
     return found
 
 
+def copied_modules(dockerfile: Path, package: str, sources: tuple[str, ...]) -> set[str]:
+    """An image's modules: ``package`` whole, and the ``sources`` files its COPY lines name."""
+    text = dockerfile.read_text().replace("\\\n", " ")
+    modules = {f"{package}.{p.stem}" for p in (ROOT / package).glob("*.py")}
+    pattern = r"\b(?:" + "|".join(sources) + r")/\w+\.py"
+    for line in text.splitlines():
+        if line.startswith("COPY") and "--from" not in line:
+            files = re.findall(pattern, line)
+            modules |= {f.removesuffix(".py").replace("/", ".") for f in files}
+    return modules
+
+
+def unrequired_imports(
+    modules: set[str],
+    requirements: Path,
+    first_party: tuple[str, ...],
+    skip: frozenset[str] = frozenset(),
+) -> list[str]:
+    """The third-party imports of ``modules`` that no line of ``requirements`` installs
+    (``skip``: names, or top-level packages, imported only where the image never goes)."""
+    distributions = importlib.metadata.packages_distributions()
+    required = set(_requirements(requirements))
+    found = []
+    for module in sorted(modules):
+        for name in _imports(module):
+            top = name.split(".")[0]
+            if top in sys.stdlib_module_names or top in first_party or {name, top} & skip:
+                continue
+            dists = {canonicalize_name(d) for d in distributions.get(top, [top])}
+            if not dists & required:
+                found.append(f"{module} imports {name}: add it to {requirements.name}")
+    return found
+
+
 def test_the_image_copies_every_first_party_module_the_gateway_imports() -> None:
     copied = _copied_modules()
     needed = set()

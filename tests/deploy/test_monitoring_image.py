@@ -4,16 +4,13 @@ requirement for every third-party import (no Docker engine here: the image is no
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
-import sys
 import tomllib
 
 from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 
 from tests.deploy.conftest import DEPLOY
-from tests.deploy.test_images import _imports, _requirements
+from tests.deploy.test_images import _imports, _requirements, copied_modules, unrequired_imports
 
 ROOT = DEPLOY.parent
 DOCKERFILE = DEPLOY / "docker" / "monitoring.Dockerfile"
@@ -25,13 +22,7 @@ LAZY_ONLY = {"onnxruntime", "features.store", "torch", "export", "feast"}
 
 
 def _copied_modules() -> set[str]:
-    text = DOCKERFILE.read_text().replace("\\\n", " ")
-    modules = {f"monitoring.{p.stem}" for p in (ROOT / "monitoring").glob("*.py")}
-    for line in text.splitlines():
-        if line.startswith("COPY") and "--from" not in line:
-            files = re.findall(r"\b(?:gateway|features)/\w+\.py", line)
-            modules |= {f.removesuffix(".py").replace("/", ".") for f in files}
-    return modules
+    return copied_modules(DOCKERFILE, "monitoring", ("gateway", "features"))
 
 
 def _lazy(name: str) -> bool:
@@ -56,15 +47,8 @@ def test_the_image_copies_every_first_party_module_the_services_import() -> None
 
 
 def test_the_image_requirements_cover_every_third_party_import() -> None:
-    distributions = importlib.metadata.packages_distributions()
-    required = set(_requirements(REQUIREMENTS))
-    for module in sorted(_copied_modules()):
-        for name in _imports(module):
-            top = name.split(".")[0]
-            if top in sys.stdlib_module_names or top in OURS or _lazy(name):
-                continue
-            dists = {canonicalize_name(d) for d in distributions.get(top, [top])}
-            assert dists & required, f"{module} imports {name}: add it to {REQUIREMENTS.name}"
+    found = unrequired_imports(_copied_modules(), REQUIREMENTS, OURS, frozenset(LAZY_ONLY))
+    assert found == []
 
 
 def test_the_image_requirements_agree_with_pyproject() -> None:

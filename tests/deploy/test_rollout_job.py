@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from deploy.validate import __main__ as validate
 from deploy.validate import manifests
 from rollout.settings import RolloutSettings
 from tests.deploy.conftest import DEPLOY
-from tests.deploy.test_images import _imports, _requirements
+from tests.deploy.test_images import _imports, copied_modules, unrequired_imports
 
 ROOT = DEPLOY.parent
 JOB = DEPLOY / "k8s" / "jobs" / "rollout"
@@ -139,13 +138,7 @@ def test_the_job_fails_where_tritons_policy_does_not_let_it_in(
 
 # -- the rollout image --------------------------------------------------------------------------
 def _copied_modules() -> set[str]:
-    text = DOCKERFILE.read_text().replace("\\\n", " ")
-    modules = {f"rollout.{p.stem}" for p in (ROOT / "rollout").glob("*.py")}
-    for line in text.splitlines():
-        if line.startswith("COPY") and "--from" not in line:
-            files = re.findall(r"\b(?:gateway|export)/\w+\.py", line)
-            modules |= {f.removesuffix(".py").replace("/", ".") for f in files}
-    return modules
+    return copied_modules(DOCKERFILE, "rollout", ("gateway", "export"))
 
 
 def test_the_image_copies_every_first_party_module_the_controller_imports() -> None:
@@ -168,21 +161,9 @@ def test_the_image_copies_every_first_party_module_the_controller_imports() -> N
 
 
 def test_the_image_requirements_cover_every_third_party_import() -> None:
-    import importlib.metadata
-
-    from packaging.utils import canonicalize_name
-
-    distributions = importlib.metadata.packages_distributions()
-    required = set(_requirements(REQUIREMENTS))
-    for module in sorted(_copied_modules()):
-        for name in _imports(module):
-            top = name.split(".")[0]
-            if top in sys.stdlib_module_names or top in {"rollout", "gateway", "export"}:
-                continue
-            if name == "export.spec":  # annotations only (TYPE_CHECKING)
-                continue
-            dists = {canonicalize_name(d) for d in distributions.get(top, [top])}
-            assert dists & required, f"{module} imports {name}: add it to {REQUIREMENTS.name}"
+    first_party = ("rollout", "gateway", "export")
+    skip = frozenset({"export.spec"})  # annotations only (TYPE_CHECKING)
+    assert unrequired_imports(_copied_modules(), REQUIREMENTS, first_party, skip) == []
 
 
 def test_the_image_runs_the_controller_as_non_root() -> None:

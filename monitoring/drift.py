@@ -13,6 +13,9 @@ whatever the traffic.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -56,6 +59,15 @@ class DriftResult:
         return [s for s in self.scores if s.method in ("psi", "domain_classifier_auc")]
 
 
+@contextmanager
+def _quiet_import() -> Iterator[None]:
+    """Evidently's import warns about its own dependencies' deprecations (numpy.core,
+    litestar): nothing a user of the report can act on, printed into `make demo`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
 def _sample(data: pd.DataFrame, rows: int, seed: int = 0) -> pd.DataFrame:
     return data if len(data) <= rows else data.sample(rows, random_state=seed)
 
@@ -64,8 +76,9 @@ def tabular(
     reference: pd.DataFrame, current: pd.DataFrame, columns: list[str], settings: MonitorSettings
 ) -> tuple[list[Score], Any]:
     # deferred on purpose: Evidently takes ~3 s to import; only drift evaluations need it
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.metrics import ValueDrift
+    with _quiet_import():
+        from evidently import DataDefinition, Dataset, Report
+        from evidently.metrics import ValueDrift
 
     definition = DataDefinition(numerical_columns=columns)
     metrics = [
@@ -90,7 +103,8 @@ def tabular(
 
 def embedding(reference: np.ndarray, current: np.ndarray, settings: MonitorSettings) -> list[Score]:
     # deferred on purpose (see tabular)
-    from evidently.metrics.embeddings import MMDDriftMethod, ModelDriftMethod
+    with _quiet_import():
+        from evidently.metrics.embeddings import MMDDriftMethod, ModelDriftMethod
 
     rng = np.random.default_rng(0)
     sides = []

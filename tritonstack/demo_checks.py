@@ -28,9 +28,11 @@ def _reference(texts: list[str]) -> np.ndarray:
     """PyTorch reference: sentence-transformers' own encode of the same weights."""
     # deferred on purpose: sentence-transformers loads torch and transformers (seconds)
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
 
     from export.models.minilm import model_path
 
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars in the demo's table
     model = SentenceTransformer(str(model_path()), device="cpu")
     return np.asarray(model.encode(texts, normalize_embeddings=True))
 

@@ -128,7 +128,10 @@ class Routed:
                 answer, served = await produce()
             except GatewayError as exc:  # a 4xx is the caller's; a 5xx the version's
                 version = pick.version or shown or model.version
-                rollouts.record(model.name, pick, version, exc.status < 500, started)
+                # a version pinned outside a route that Triton does not serve is no version: no
+                # metric label is made for it (a caller could mint one per request)
+                if pick.route is not None or version in model.versions or not pick.version:
+                    rollouts.record(model.name, pick, version, exc.status < 500, started)
                 raise
             version = pick.version or shown or served
             rollouts.record(model.name, pick, version, True, started)

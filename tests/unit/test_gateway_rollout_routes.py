@@ -176,6 +176,16 @@ def test_a_version_is_pinned_by_the_path(
         assert newest.headers["x-model-version"] == "2" and fake.calls[-1].version == ""
         gone = plain.post("/v2/models/minilm/versions/9/infer", json=V2, headers=AUTH)
         assert gone.status_code == 404
+        for version in range(100, 150):  # versions Triton lacks: 404s that mint no labels
+            r = plain.post(f"/v2/models/minilm/versions/{version}/infer", json=V2, headers=AUTH)
+            assert r.status_code == 404
+        labels = {
+            s.labels["version"]
+            for metric in services(plain).metrics.registry.collect()
+            if metric.name.startswith("gateway_version_")
+            for s in metric.samples
+        }
+        assert labels == {"1", "2"}
 
 
 def test_embeddings_reach_the_pipeline_pinned_to_the_candidate(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from benchmarks.perf_analyzer import parse_csv
 from benchmarks.sweep import SweepError, SweepPlanError, check_plan, perf_sweep, save_results
 from deploy.local.settings import StackSettings
+from tests.unit.test_perf_analyzer import _fake_runtime
 from tritonstack.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,13 +49,7 @@ def _repository(tmp_path: Path) -> Path:
 
 
 def _settings(tmp_path: Path, script: str) -> StackSettings:
-    env = tmp_path / "env"
-    (env / "bin").mkdir(parents=True)
-    (env / "lib/python3.11/site-packages/nvidia/cuda_runtime/lib").mkdir(parents=True)
-    (env / "pyvenv.cfg").write_text("home = /usr/bin\nversion = 3.11.7\n")
-    binary = env / "bin" / "perf_analyzer"
-    binary.write_text("#!/bin/sh\n" + script)
-    binary.chmod(0o755)
+    env = _fake_runtime(tmp_path, script).env_dir
     return StackSettings(
         home=tmp_path / "home", model_repository=_repository(tmp_path), runtime_env=env
     )

@@ -25,7 +25,7 @@ DASHBOARD = (
 P99 = "histogram_quantile(0.99, sum by (le) (rate(gateway_request_duration_seconds_bucket[1m])))"
 
 
-def _wait_for(check: Callable[[], T], done: Callable[[T], bool], timeout_s: float, what: str) -> T:
+def wait_for(check: Callable[[], T], done: Callable[[T], bool], timeout_s: float, what: str) -> T:
     """Call ``check`` until ``done`` accepts its result; fail with the last result seen."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -72,7 +72,7 @@ def test_prometheus_sees_both_targets_up_and_the_gateway_latency(
 ) -> None:
     server, gateway_url = prometheus
     both_up = {"triton": ["up"], "gateway": ["up"]}
-    health = _wait_for(server.target_health, both_up.__eq__, 15, "triton and gateway up")
+    health = wait_for(server.target_health, both_up.__eq__, 15, "triton and gateway up")
     assert health == {"triton": ["up"], "gateway": ["up"]}
 
     # traffic: inference through the gateway, each input fresh so the cache does not answer,
@@ -87,12 +87,12 @@ def test_prometheus_sees_both_targets_up_and_the_gateway_latency(
             assert r.status_code == 200, r.text
             return server.query(P99)
 
-        p99 = _wait_for(infer_then_query, _has_number, 15, "p99 of the gateway's histogram")
+        p99 = wait_for(infer_then_query, _has_number, 15, "p99 of the gateway's histogram")
     value = float(p99[0]["value"][1])
     assert 0 < value <= 10, p99  # seconds, inside the histogram's buckets
 
     # Triton's own counters arrived too, labelled by model
-    counts = _wait_for(
+    counts = wait_for(
         lambda: server.query('sum by (model) (nv_inference_request_success{job="triton"}) > 0'),
         bool,
         15,
@@ -121,7 +121,7 @@ def test_dashboard_triton_metrics_exist_on_the_real_server(
     optional = ("nv_gpu_", "nv_cache_", "_summary_us")
     expected = {n for n in used if n.startswith("nv_") and not any(o in n for o in optional)}
     assert len(expected) >= 6
-    present = _wait_for(
+    present = wait_for(
         lambda: set(server.api("label/__name__/values")),
         expected.issubset,
         10,

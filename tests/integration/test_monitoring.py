@@ -14,9 +14,8 @@ The rules are the one source's (deploy/monitoring/prometheus/rules), with every 
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -31,25 +30,14 @@ from features.data import label_logit
 from features.train import TrainResult, roc_auc
 from monitoring import reference
 from monitoring.store import Store
+from tests.deploy.test_local_prometheus import wait_for
 from tests.fixtures_features import FeatureEnv
 from tests.fixtures_gateway import ALPHA_KEY, BETA_KEY, StartGateway
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
 STREAM = "tritonstack:capture:e2e"
 ALPHA = {"Authorization": f"Bearer {ALPHA_KEY}"}
 ROWS = 8  # feature rows per request
-
-
-def wait_for(check: Callable[[], T], done: Callable[[T], bool], timeout_s: float, what: str) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        seen = check()
-        if done(seen):
-            return seen
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout_s:g} s; last seen: {seen!r}")
-        time.sleep(0.25)
 
 
 @pytest.fixture(scope="module")
